@@ -1,0 +1,71 @@
+"""Group-relative advantages (paper §1.5) and GDPO for several rewards.
+
+Rewards are laid out [P, G]: P prompts (groups) × G samples per prompt; GDPO takes [P, G, K] for K
+rewards.  Conventions are explicit arguments (anchors F8):
+  * the group mean is always per prompt;
+  * `std_scope="group"` divides by each group's own std, `"global"` by ONE std of the raw rewards over
+    the whole batch (the paper's recipe; in distributed runs pass the already-gathered batch);
+  * std is the population std (ddof 0) floored at `eps`, so a constant group gives exactly 0, never NaN;
+  * `clip` (e.g. 5.0 as flow_grpo / Flow-Factory) clips advantages to [−clip, clip] when set.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+StdScope = Literal["group", "global"]
+
+
+def _check_layout(rewards: Tensor, ndim: int, name: str) -> None:
+    if rewards.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(rewards.shape)}")
+    if not torch.isfinite(rewards).all():
+        raise ValueError(f"{name} contains NaN/inf: every reward must be finite")
+
+
+def _clip(adv: Tensor, clip: Optional[float]) -> Tensor:
+    if clip is None:
+        return adv
+    if clip <= 0:
+        raise ValueError(f"advantage clip must be > 0 or None, got {clip}")
+    return adv.clamp(-clip, clip)
+
+
+def group_advantages(rewards: Tensor, *, std_scope: StdScope = "global", eps: float = 1e-6,
+                     clip: Optional[float] = None) -> Tensor:
+    """Â = (R − mean_group R) / max(std, eps), rewards [P, G] → advantages [P, G]."""
+    _check_layout(rewards, 2, "rewards")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if std_scope == "group":
+        if rewards.shape[1] < 2:
+            raise ValueError("std_scope='group' needs a group size G >= 2 (a single sample has no spread);"
+                             " raise group_size or use std_scope='global'")
+        std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    elif std_scope == "global":
+        std = rewards.std(unbiased=False)
+    else:
+        raise ValueError(f"std_scope={std_scope!r}; choose 'group' or 'global'")
+    return _clip(centred / std.clamp_min(eps), clip)
+
+
+def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = None, eps: float = 1e-6,
+                    clip: Optional[float] = None) -> Tensor:
+    """GDPO (paper §1.5): normalise each reward within its group, weight, sum, then batch-normalise.
+
+    rewards [P, G, K] → advantages [P, G].
+      1. a_k = (r_k − mean_g r_k) / max(std_g r_k, eps)      per reward k, per group g
+      2. s   = Σ_k w_k · a_k                                 (w_k = 1 by default: the paper's equal weights)
+      3. Â   = (s − mean_batch s) / max(std_batch s, eps)
+    """
+    _check_layout(rewards, 3, "rewards")
+    k = rewards.shape[2]
+    w = torch.ones(k, dtype=rewards.dtype, device=rewards.device) if weights is None else \
+        torch.as_tensor(list(weights), dtype=rewards.dtype, device=rewards.device)
+    if w.shape != (k,):
+        raise ValueError(f"weights has {w.numel()} entries but rewards has K={k} rewards")
+    per_reward = (rewards - rewards.mean(dim=1, keepdim=True)) / \
+        rewards.std(dim=1, keepdim=True, unbiased=False).clamp_min(eps)
+    summed = (per_reward * w).sum(dim=2)
+    return _clip((summed - summed.mean()) / summed.std(unbiased=False).clamp_min(eps), clip)

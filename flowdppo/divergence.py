@@ -1,0 +1,122 @@
+"""Exact divergences between two per-step Gaussian policies with equal covariance std²·I.
+
+Reductions are explicit (STYLE property 3):
+  * "sum"     — the paper's Eq. 14: ‖Δμ‖²/(2σ²), summed over the D latent dims;
+  * "per_dim" — the same divided by D: the convention of every published implementation, and the
+                scale on which the published thresholds δ = 1e-7 / 1e-6 / 1e-5 are stated.
+TV and the Remark-3 conversions are functions of the full-norm (sum) KL only.
+
+No transition formula lives here: velocity-space forms take their coefficients from `flowdppo.sde`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from . import sde
+
+Reduction = Literal["sum", "per_dim"]
+REDUCTIONS: tuple[str, ...] = ("sum", "per_dim")
+
+
+def _reduce(sq: Tensor, reduction: Reduction) -> Tensor:
+    """[B, *latent] → [B] by sum or per-dim mean."""
+    flat = sq.flatten(1)
+    if reduction == "sum":
+        return flat.sum(1)
+    if reduction == "per_dim":
+        return flat.mean(1)
+    raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+
+
+def gaussian_kl(mean_p: Tensor, mean_q: Tensor, std: Tensor, reduction: Reduction = "sum") -> Tensor:
+    """Eq. 14: KL(N(μ_p, σ²I) ‖ N(μ_q, σ²I)) = ‖μ_p − μ_q‖²/(2σ²), shape [B].
+
+    Symmetric in the means (App. C.1, Eq. 20).  std broadcasts against the means ([B, 1, …] or scalar).
+    Differentiable in both means; callers that use it only as a gate detach it themselves.
+    """
+    diff = mean_p - mean_q
+    return _reduce(diff**2 / (2.0 * std.to(diff.dtype) ** 2), reduction)
+
+
+def kl_sum(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
+    """Eq. 14 summed over latent dims (nats per step)."""
+    return gaussian_kl(mean_p, mean_q, std, "sum")
+
+
+def kl_per_dim(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
+    """Eq. 14 divided by the latent dimensionality D (the published thresholds' scale)."""
+    return gaussian_kl(mean_p, mean_q, std, "per_dim")
+
+
+def _flat_sq_norm(dv: Tensor, reduction: Reduction) -> Tensor:
+    return _reduce(dv**2, reduction)
+
+
+def _per_sample(c: Tensor, like: Tensor) -> Tensor:
+    c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
+    return c.reshape(-1) if c.ndim else c
+
+
+def kl_flow_sde_velocity(v_p: Tensor, v_q: Tensor, sigma, sigma_next, eta: float,
+                         reduction: Reduction = "sum") -> Tensor:
+    """Eq. 15 (= Eq. 21): D_KL^SDE = (−dt/2)·(s_t(1−σ)/(2σ) + 1/s_t)²·‖v_p − v_q‖² for Flow-SDE."""
+    sig = torch.as_tensor(sigma, dtype=v_p.dtype, device=v_p.device)
+    sig_n = torch.as_tensor(sigma_next, dtype=v_p.dtype, device=v_p.device)
+    s_t = sde.flow_sde_noise_scale(sig, sig_n, eta)
+    coeff = (sig - sig_n) / 2.0 * (s_t * (1.0 - sig) / (2.0 * sig) + 1.0 / s_t) ** 2
+    return _per_sample(coeff, v_p) * _flat_sq_norm(v_p - v_q, reduction)
+
+
+def kl_cps_velocity(v_p: Tensor, v_q: Tensor, sigma, sigma_next, eta: float,
+                    reduction: Reduction = "sum") -> Tensor:
+    """Eq. 16 (= Eq. 22): D_KL^CPS = c(t)²‖v_p − v_q‖² / (2 σ'² sin²(ηπ/2)),
+    c(t) = −(1 − σ')σ + σ'(1 − σ)cos(ηπ/2), σ' = σ_next."""
+    sig = torch.as_tensor(sigma, dtype=v_p.dtype, device=v_p.device)
+    sig_n = torch.as_tensor(sigma_next, dtype=v_p.dtype, device=v_p.device)
+    cos_, sin_ = sde.cps_mixing(eta)
+    c = -(1.0 - sig_n) * sig + sig_n * (1.0 - sig) * cos_
+    coeff = c**2 / (2.0 * sig_n**2 * sin_**2)
+    return _per_sample(coeff, v_p) * _flat_sq_norm(v_p - v_q, reduction)
+
+
+# ----------------------------------------------------------------------------------------------------
+# TV, Pinsker and Remark 3 (functions of the full-norm KL)
+# ----------------------------------------------------------------------------------------------------
+def tv_from_kl(kl_total: Tensor) -> Tensor:
+    """Eq. 10: D_TV = 2Φ(‖Δμ‖/(2σ)) − 1, written with ‖Δμ‖/σ = √(2·KL_sum): D_TV = 2Φ(√(KL/2)) − 1."""
+    return 2.0 * torch.special.ndtr(torch.sqrt(kl_total / 2.0)) - 1.0
+
+
+def gaussian_tv(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
+    """Eq. 10 from the means directly, shape [B]."""
+    dist = (mean_p - mean_q).flatten(1).norm(dim=1) / std.reshape(-1).to(mean_p.dtype).expand(mean_p.shape[0])
+    return 2.0 * torch.special.ndtr(dist / 2.0) - 1.0
+
+
+def pinsker_tv_bound(kl_total):
+    """Pinsker: D_TV ≤ √(KL/2) (paper §2.3).  Works on floats and tensors."""
+    return kl_total ** 0.5 / math.sqrt(2.0) if not isinstance(kl_total, Tensor) else torch.sqrt(kl_total / 2.0)
+
+
+def kl_threshold_from_tv(delta_tv: float) -> float:
+    """Remark 3: D_TV ≤ δ_TV  ⇔  D_KL ≤ 2[Φ⁻¹((1 + δ_TV)/2)]² (exact for equal-covariance Gaussians)."""
+    if not 0.0 <= delta_tv < 1.0:
+        raise ValueError(f"delta_tv must lie in [0, 1), got {delta_tv}")
+    z = float(torch.special.ndtri(torch.tensor((1.0 + delta_tv) / 2.0, dtype=torch.float64)))
+    return 2.0 * z * z
+
+
+def tv_threshold_from_kl(delta_kl: float) -> float:
+    """Inverse of `kl_threshold_from_tv`: the TV radius implied by a full-norm KL radius δ_KL."""
+    if delta_kl < 0:
+        raise ValueError(f"delta_kl must be >= 0, got {delta_kl}")
+    return float(tv_from_kl(torch.tensor(delta_kl, dtype=torch.float64)))
+
+
+def per_dim_to_sum(delta_per_dim: float, latent_dim: int) -> float:
+    """A per-dim threshold (published convention) as a full-norm KL for latent size D."""
+    return delta_per_dim * latent_dim

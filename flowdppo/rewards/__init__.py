@@ -1,0 +1,3 @@
+from .base import Reward, check_scores
+
+__all__ = ["Reward", "check_scores"]

@@ -1,0 +1,34 @@
+"""The reward protocol: images and their prompts in, one finite float per image out.
+
+    reward(images [B, C, H, W] in [0, 1], items: Sequence[PromptItem]) -> Tensor [B] (float32, CPU ok)
+
+`items` carry the prompt text and its structured atoms (GenEval2-style), so compositional rewards can
+score each atom.  A NaN/inf score is an error (`check_scores`), never a silent zero.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..prompts import PromptItem
+
+
+@runtime_checkable
+class Reward(Protocol):
+    name: str
+
+    def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor: ...
+
+
+def check_scores(name: str, scores: Tensor, batch: int) -> Tensor:
+    """Validate a reward's output: shape [batch], all finite.  Raises ValueError naming the reward."""
+    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+    if scores.shape[0] != batch:
+        raise ValueError(f"reward {name!r} returned {scores.shape[0]} scores for {batch} images")
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        raise ValueError(f"reward {name!r} returned NaN/inf for {int(bad.sum())} of {batch} images "
+                         f"(first at index {int(bad.nonzero()[0])}); fix the reward model or its inputs")
+    return scores

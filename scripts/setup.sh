@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install flowdppo with its test extras. Idempotent; safe on a fresh machine.
+# torch==2.13.0 goes first: a bare `torch` requirement with no torch installed pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if ! .venv/bin/python -c "import flowdppo, torch, diffusers, hypothesis" >/dev/null 2>&1; then
+  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q -e ".[test]"
+fi
