@@ -1,0 +1,112 @@
+"""Command line: `flowdppo train | pretrain | eval`.
+
+    flowdppo train [--config FILE] [key=value ...]      start a run (fields: flowdppo train --help-config)
+    flowdppo train --resume RUN_DIR [key=value ...]     continue a run from its last checkpoint
+    flowdppo pretrain [--out FILE] [--steps N]          rebuild the embedded base model deterministically
+    flowdppo eval RUN_DIR [--iteration-tag TAG]         evaluate a run's latest checkpoint (pinned regime)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import describe_fields, load_config_file, make_config
+    from .trainer import train
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    base = {}
+    if args.resume:
+        cfg_file = Path(args.resume) / "config.json"
+        if not cfg_file.exists():
+            raise ValueError(f"--resume {args.resume}: no config.json there; give the run directory of a run")
+        base = json.loads(cfg_file.read_text())
+    elif args.config:
+        base = load_config_file(args.config)
+    cfg = make_config(base, args.overrides)
+    run_dir = train(cfg, resume=bool(args.resume))
+    print(f"run directory: {run_dir}")
+    _print_summary(run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    from .runlog import read_jsonl
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    if not evals:
+        return
+    first, last = evals[0]["iteration"], evals[-1]["iteration"]
+    print(f"evaluation (pinned ODE regime), iteration {first} -> {last}:")
+    for split in ("test", "ood"):
+        a = [e for e in evals if e["split"] == split]
+        if len(a) < 1:
+            continue
+        keys = [k for k, v in a[0].items() if isinstance(v, (int, float)) and k not in ("iteration", "n_images")]
+        print(f"  {split:4s} " + "  ".join(f"{k} {a[0][k]:.3f}->{a[-1][k]:.3f}" for k in keys))
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from . import world
+    kw = {k: v for k, v in dict(steps=args.steps, seed=args.seed, threads=args.threads).items() if v is not None}
+    out = world.pretrain(args.out, **kw)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import make_config
+    from .evaluation import evaluate_split
+    from .trainer import build_components
+    run_dir = Path(args.run_dir)
+    cfg = make_config(json.loads((run_dir / "config.json").read_text()), args.overrides)
+    comps = build_components(cfg)
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=cfg.device, weights_only=False)
+        comps.policy.load_trainable_state_dict(state["policy"])
+        print(f"loaded {ckpt} (iteration {state['iteration']})")
+    else:
+        print(f"no checkpoint in {run_dir}: evaluating the base model")
+    for split in ("test", "ood"):
+        items = comps.splits.get(split, [])[: cfg.eval_prompts]
+        if items:
+            metrics, _ = evaluate_split(comps.policy, comps, cfg, items)
+            print(split, json.dumps(metrics))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flowdppo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train (or resume) a run")
+    t.add_argument("--config", help="JSON file of Config fields")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    t.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.set_defaults(fn=_train)
+    pt = sub.add_parser("pretrain", help="rebuild the embedded base model")
+    pt.add_argument("--out", default="flowdppo/assets/base.safetensors")
+    pt.add_argument("--steps", type=int)
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--threads", type=int)
+    pt.set_defaults(fn=_pretrain)
+    e = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="key=value overrides of the eval fields")
+    e.set_defaults(fn=_eval)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ValueError as err:  # configuration errors: one clear line, no traceback
+        print(f"flowdppo: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Typed, validated run configuration.  Every field has its unit in the docstring; the resolved config is
+saved as `config.json` in the run directory and a resume must match it.
+
+Thresholds are stated PER LATENT DIM (the published convention): δ on KL/D, and the run header records D.
+With per-dim-mean log-probs, sd(log r) ≈ √(2·KL_dim/D), so a clip at ε and a mask at δ ≈ ε²·D/2 select
+statistically similar samples (reference/toy_probe.md) — the logs carry both rules' counterfactual rates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from .losses import POLICY_LOSSES
+
+KernelName = Literal["flow_sde", "cps", "dance_sde"]
+LossName = Literal["flow_dppo", "flow_dppo_symmetric", "flow_dppo_predictive", "flow_grpo", "grpo_guard"]
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run ------------------------------------------------------------------------------------------
+    run_dir: str = ""
+    """Run directory (config, logs, samples, checkpoints). Empty: runs/<loss>-<kernel>-s<seed>-<timestamp>."""
+    seed: int = 0
+    """Master seed; every random draw of iteration i derives from (seed, i), which makes resume exact."""
+    iterations: int = 150
+    """Rollout → update iterations ("epochs" in the paper's figures)."""
+    threads: int = 2
+    """torch intra-op threads (two 1-thread runs side by side use 2 cores better than one 2-thread run)."""
+    device: str = "cpu"
+    """torch device for the policy ("cpu", "cuda", "cuda:0")."""
+
+    # --- model ----------------------------------------------------------------------------------------
+    model: str = "embedded"
+    """"embedded" (the shipped tiny digit world) or a diffusers hub id / local pipeline directory."""
+    model_family: Optional[str] = None
+    """For diffusers models: "sd3", "flux", "flux2_klein", or None to detect from model_index.json."""
+    checkpoint: str = ""
+    """Embedded model only: base weights file (safetensors); empty = the shipped base."""
+    lora_rank: int = 0
+    """LoRA rank (peft); 0 = full fine-tuning. Paper: 32 (SD3.5), 64 (FLUX)."""
+    lora_alpha: Optional[float] = None
+    """LoRA α; None = 2·rank (the paper's ratio)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Model weight/compute dtype. Anchors (old means, log-probs) are always kept in float32."""
+    resolution: int = 512
+    """Image side in pixels for diffusers models (ignored by the embedded world)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (diffusers models)."""
+    disable_cudnn_attention: bool = False
+    """Turn off cuDNN SDPA (a FLUX-architecture backward crashed with it on an H100)."""
+
+    # --- prompts --------------------------------------------------------------------------------------
+    prompts: str = "embedded"
+    """"embedded" (the world's splits) or a .txt / .jsonl prompt file (GenEval2-style atoms in JSONL)."""
+    prompts_per_iter: int = 8
+    """Unique prompts (groups) per iteration, over all ranks."""
+    group_size: int = 8
+    """Samples per prompt, G."""
+
+    # --- sampling -------------------------------------------------------------------------------------
+    kernel: KernelName = "flow_sde"
+    """SDE kernel at trained steps (ODE elsewhere): flow_sde (Eq. 2), cps (Eq. 3), dance_sde."""
+    num_steps: int = 10
+    """Denoising steps K of the rollout."""
+    shift: float = 1.0
+    """Static σ-schedule shift (SD3.5 uses 3.0); 1.0 = linear σ grid."""
+    eta: float = 0.7
+    """Noise level η: Flow-SDE/Dance pre-factor; CPS angle ηπ/2 (must be in (0, 1] for CPS)."""
+    sde_steps_per_traj: int = 3
+    """Trained SDE steps per trajectory (MixGRPO; the paper draws 3)."""
+    sde_window: tuple[float, float] = (0.0, 0.5)
+    """Fraction [start, end) of the denoising steps the SDE steps are drawn from (paper: first half)."""
+    guidance_scale: float = 1.0
+    """CFG scale in rollout AND training (1 = no CFG, the paper's default)."""
+
+    # --- policy loss ----------------------------------------------------------------------------------
+    loss: LossName = "flow_dppo"
+    """Policy loss from flowdppo.losses.POLICY_LOSSES."""
+    delta: float = 1e-4
+    """KL-mask threshold δ (nats PER LATENT DIM unless kl_reduction="sum")."""
+    kl_reduction: Literal["per_dim", "sum"] = "per_dim"
+    """Which KL δ is stated on: per_dim = Eq. 14 / D (published thresholds), sum = Eq. 14."""
+    logp_reduction: Literal["per_dim", "sum"] = "per_dim"
+    """Log-prob reduction for the ratio: per_dim (every published code; r is a geometric mean) or sum."""
+    clip_range: float = 1e-3
+    """Ratio clip ε for flow_grpo / grpo_guard."""
+    predictive_step_size: Optional[float] = None
+    """flow_dppo_predictive: None = first-order mask (Eq. 26); a float = full predictive mask (Eq. 27)."""
+    beta: float = 0.0
+    """Weight of the exact KL(π_θ‖π_ref) at trained steps (Eq. 17), same reduction as kl_reduction."""
+    ref_guidance_scale: float = 1.0
+    """CFG scale of the reference policy (Flow-Factory uses a CFG-guided reference, e.g. 4.5)."""
+    log_ref_kl: bool = True
+    """Compute KL(π_old‖π_ref) at the trained steps of every rollout for the logs even when β = 0."""
+
+    # --- rewards and advantages -----------------------------------------------------------------------
+    rewards: tuple[str, ...] = ("tifa",)
+    """Reward names (flowdppo.rewards.registry); several = multi-reward."""
+    reward_weights: Optional[tuple[float, ...]] = None
+    """Weights per reward (None = equal)."""
+    advantage: Literal["group", "gdpo"] = "group"
+    """"group": weighted reward sum, group-relative; "gdpo": per-reward normalisation (paper §1.5)."""
+    std_scope: Literal["group", "global"] = "global"
+    """Advantage std: each group's, or one over the whole batch (paper recipe)."""
+    adv_eps: float = 1e-6
+    """Floor of the advantage std."""
+    adv_clip: Optional[float] = 5.0
+    """Clip advantages to ±adv_clip (None = no clip)."""
+
+    # --- optimisation ---------------------------------------------------------------------------------
+    lr: float = 1e-4
+    """AdamW learning rate (the probe: 1e-4 stable for full fine-tuning, 3e-4 noisy, 1e-3 collapses)."""
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip per optimizer step."""
+    num_inner_epochs: int = 1
+    """Passes over each rollout batch (the paper's I1 / I2)."""
+    num_minibatches: int = 4
+    """Optimizer steps per epoch; the batch is split into this many minibatches."""
+    micro_batch_size: int = 0
+    """Samples per forward/backward inside a minibatch (0 = the whole minibatch). Rollout forwards use the
+    same geometry, so the first update after a rollout is exactly on-policy (anchors F6)."""
+
+    # --- evaluation, logging, checkpoints -------------------------------------------------------------
+    eval_every: int = 25
+    """Evaluate every N iterations (and at 0 and at the end); 0 = never."""
+    eval_num_steps: int = 10
+    """ODE steps of the pinned evaluation regime."""
+    eval_guidance_scale: float = 1.0
+    eval_prompts: int = 32
+    """Prompts per eval split (test, ood)."""
+    eval_samples_per_prompt: int = 4
+    """Fixed-seed samples per eval prompt (diversity is measured among them)."""
+    eval_seed: int = 1234
+    checkpoint_every: int = 10
+    """Checkpoint every N iterations (and at the end); resume restarts from the latest."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to <run_dir>/tb."""
+    progress: bool = True
+    """Show a progress bar on the console."""
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.prompts_per_iter * self.group_size
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def micro_size(self) -> int:
+        return self.micro_batch_size or self.minibatch_size
+
+    def validate(self) -> "Config":
+        """Raise ValueError naming the field and the fix; returns self."""
+        def bad(field_name: str, why: str, fix: str) -> None:
+            raise ValueError(f"config.{field_name}: {why}. Fix: {fix}")
+
+        if self.delta < 0:
+            bad("delta", f"{self.delta} < 0, a KL threshold cannot be negative", "use delta >= 0 (per-dim nats)")
+        if self.kernel == "cps" and not 0 < self.eta <= 1:
+            bad("eta", f"{self.eta} is outside (0, 1] for CPS (angle ηπ/2)", "use 0 < eta <= 1 with kernel=cps")
+        if self.kernel != "cps" and not 0 < self.eta <= 5:
+            bad("eta", f"{self.eta} is outside (0, 5] for {self.kernel}", "use a noise level like 0.7")
+        if self.num_steps < 2:
+            bad("num_steps", f"{self.num_steps} < 2", "use at least 2 denoising steps")
+        lo, hi = self.sde_window
+        if not 0 <= lo < hi <= 1:
+            bad("sde_window", f"{self.sde_window} is not 0 <= start < end <= 1", "e.g. sde_window=0,0.5")
+        window = self.sde_indices_pool()
+        if self.num_steps - 1 in window:
+            bad("sde_window", f"it includes the last step (index {self.num_steps - 1}) whose σ_next = 0: an SDE "
+                "step there has zero std (CPS) or adds noise to the final image", "end the window before 1.0")
+        if not 1 <= self.sde_steps_per_traj <= len(window):
+            bad("sde_steps_per_traj", f"{self.sde_steps_per_traj} not in [1, {len(window)}] (window has "
+                f"{len(window)} steps)", "lower sde_steps_per_traj or widen sde_window")
+        if self.group_size < 2 and (self.std_scope == "group" or self.advantage == "gdpo"):
+            bad("group_size", "group size 1 with group-std advantages has no within-group spread",
+                "use group_size >= 2, or std_scope=global with advantage=group")
+        if self.group_size < 1 or self.prompts_per_iter < 1:
+            bad("group_size", "group_size and prompts_per_iter must be >= 1", "set positive sizes")
+        if self.batch_size % self.num_minibatches:
+            bad("num_minibatches", f"batch {self.batch_size} is not divisible by {self.num_minibatches}",
+                "choose num_minibatches dividing prompts_per_iter*group_size")
+        if self.minibatch_size % self.micro_size:
+            bad("micro_batch_size", f"minibatch {self.minibatch_size} not divisible by {self.micro_size}",
+                "choose a divisor of the minibatch size (or 0)")
+        if self.loss not in POLICY_LOSSES:
+            bad("loss", f"unknown loss {self.loss!r}", f"one of {sorted(POLICY_LOSSES)}")
+        if self.clip_range <= 0:
+            bad("clip_range", f"{self.clip_range} <= 0", "use a positive clip range such as 1e-4")
+        if self.beta < 0:
+            bad("beta", f"{self.beta} < 0", "use beta >= 0")
+        if self.lr <= 0:
+            bad("lr", f"{self.lr} <= 0", "use a positive learning rate")
+        if not self.rewards:
+            bad("rewards", "no reward given", "e.g. rewards=tifa")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            bad("reward_weights", f"{len(self.reward_weights)} weights for {len(self.rewards)} rewards",
+                "give one weight per reward")
+        if self.num_inner_epochs < 1 or self.iterations < 1:
+            bad("num_inner_epochs", "num_inner_epochs and iterations must be >= 1", "use positive counts")
+        if self.guidance_scale < 1 or self.eval_guidance_scale < 1 or self.ref_guidance_scale < 1:
+            bad("guidance_scale", "CFG scales must be >= 1 (1 = no guidance)", "use >= 1")
+        return self
+
+    def sde_indices_pool(self) -> list[int]:
+        """Step indices the SDE steps are drawn from: [⌊start·K⌋, ⌈end·K⌉) ∩ [0, K)."""
+        import math
+        lo, hi = self.sde_window
+        return list(range(int(math.floor(lo * self.num_steps)),
+                          min(int(math.ceil(hi * self.num_steps)), self.num_steps)))
+
+    # ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing: JSON files and key=value overrides, with fix-it messages
+# ---------------------------------------------------------------------------------------------------
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _unknown(key: str) -> ValueError:
+    close = difflib.get_close_matches(key, FIELDS, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r}.{hint} Run `flowdppo train --help-config` for all fields.")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a JSON value or a command-line string to the field's type."""
+    hint = _HINTS[key]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is Literal:
+            if value not in args:
+                raise ValueError(f"must be one of {list(args)}")
+            return value
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            elem = args[0]
+            items = [x.strip() if isinstance(x, str) else x for x in items if x != ""]
+            return tuple(elem(x) for x in items)
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("must be true/false")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("must be an integer")
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.{key}: cannot use {value!r} ({e}). Fix: give a {hint} value") from None
+    return value
+
+
+def make_config(base: Optional[dict[str, Any]] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults ← a dict (e.g. from a JSON file) ← `key=value` overrides; validated."""
+    values: dict[str, Any] = {}
+    for key, value in (base or {}).items():
+        if key.startswith("_"):  # comments in JSON files
+            continue
+        if key not in FIELDS:
+            raise _unknown(key)
+        values[key] = _coerce(key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. lr=3e-4)")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if key not in FIELDS:
+            raise _unknown(key)
+        values[key] = _coerce(key, value)
+    return Config(**values).validate()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of fields")
+    return data
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return make_config(d)
+
+
+def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Fields that differ between two configs (JSON-normalised)."""
+    da, db = json.loads(json.dumps(a.to_dict())), json.loads(json.dumps(b.to_dict()))
+    return {k: (da[k], db[k]) for k in da if k not in ignore and da[k] != db[k]}
+
+
+def describe_fields() -> str:
+    """Every field with its type, default and docstring (for --help-config and the README)."""
+    import ast
+    import inspect
+    src = inspect.getsource(Config)
+    tree = ast.parse(src)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body
+    for i, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign) and i + 1 < len(body):
+            nxt = body[i + 1]
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    lines = []
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        lines.append(f"{name} = {default!r}  — {docs.get(name, '')}")
+    return "\n".join(lines)

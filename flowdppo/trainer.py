@@ -1,0 +1,444 @@
+"""The training loop — plumbing only; every formula it uses lives in sde / divergence / losses / advantages.
+
+One iteration:
+  1. draw P prompts (this rank's shard), G samples each;
+  2. rollout: SDE at `sde_steps_per_traj` indices drawn from `sde_window`, ODE elsewhere; record states,
+     actions, old means/std/log-probs (fp32) and, if needed, reference means at the trained steps;
+  3. decode, score, gather rewards over ranks, compute advantages;
+  4. num_inner_epochs × num_minibatches optimizer steps with the anchor frozen; gradients accumulate over
+     micro-batches and trained steps; all-reduce; clip; AdamW;
+  5. evaluate / checkpoint on schedule.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import dist, losses, sde
+from .advantages import gdpo_advantages, group_advantages
+from .config import Config, config_diff, make_config
+from .divergence import gaussian_kl
+from .policy.base import Policy, cond_index, cond_repeat, sigma_batch
+from .prompts import PromptItem
+from .rewards.base import Reward, check_scores
+from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
+from .runlog import JsonlLog, atomic_torch_save, atomic_write_json, git_commit, versions
+
+# Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
+_PROMPTS, _SDE_IDX, _NOISE, _SHUFFLE = 1, 2, 3, 4
+_QUANTILES = (0.5, 0.9, 0.99)
+# Per-step stats kept in the log's "per_step" block (the full set is averaged over steps at top level).
+_PER_STEP_KEYS = ("kl_per_dim_mean", "ratio_mean", "log_ratio_abs_mean", "kl_exceeded", "blocked_pos",
+                  "blocked_neg", "kept", "clip_frac")
+
+
+@dataclass
+class Components:
+    """What a run trains and scores: the policy, prompt splits ("train", "test", "ood") and rewards."""
+    policy: Policy
+    splits: dict[str, list[PromptItem]]
+    rewards: dict[str, Reward]
+    evaluate_images: Optional[Callable[..., dict[str, float]]] = None  # (images, items, group_size) -> metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------
+def build_components(cfg: Config) -> Components:
+    """The embedded world, or a diffusers pipeline with the registry's rewards."""
+    from .rewards.registry import make_reward
+    if cfg.model == "embedded":
+        from . import world
+        policy = world.load_policy(checkpoint=cfg.checkpoint or None, lora_rank=cfg.lora_rank,
+                                   lora_alpha=cfg.lora_alpha, device=cfg.device)
+        evaluate = world.evaluate_images
+    else:
+        from .policy.diffusers_policy import load_diffusers_policy
+        policy = load_diffusers_policy(
+            cfg.model, family=cfg.model_family, resolution=cfg.resolution, lora_rank=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha, full_finetune=cfg.lora_rank == 0, dtype=cfg.dtype,
+            device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
+            disable_cudnn_attention=cfg.disable_cudnn_attention)
+        evaluate = None
+    if cfg.prompts == "embedded":
+        from . import world
+        splits = world.prompt_splits()
+    else:
+        from .prompts import load_prompt_splits
+        splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
+    rewards = {name: make_reward(name) for name in cfg.rewards}
+    return Components(policy=policy, splits=splits, rewards=rewards, evaluate_images=evaluate)
+
+
+def minibatch_assignment(n_local: int, num_minibatches: int, *, seed: int, iteration: int, epoch: int,
+                         first_global: int) -> list[list[int]]:
+    """Split this rank's rows into balanced minibatches, identically for any world size.
+
+    Rows are cut into consecutive blocks of M = num_minibatches samples (global block id = global index
+    // M); each block sends one sample to each minibatch.  Epoch 0 uses the identity (row % M), later
+    epochs a random permutation per block seeded by (seed, iteration, epoch, block).  Because blocks are
+    global, a 2-rank run forms exactly the same global minibatches as a 1-rank run.
+    """
+    m = num_minibatches
+    groups: list[list[int]] = [[] for _ in range(m)]
+    for start in range(0, n_local, m):
+        block = (first_global + start) // m
+        if epoch == 0:
+            perm = list(range(m))
+        else:
+            g = torch.Generator().manual_seed(derive_seed(seed, iteration, _SHUFFLE, epoch, block))
+            perm = torch.randperm(m, generator=g).tolist()
+        for offset in range(m):
+            groups[perm[offset]].append(start + offset)
+    return groups
+
+
+def split_micro(rows: Sequence[int], micro: int) -> list[list[int]]:
+    return [list(rows[i:i + micro]) for i in range(0, len(rows), micro)]
+
+
+def score(rewards: dict[str, Reward], images: Tensor, items: list[PromptItem]) -> Tensor:
+    """[B, K] finite rewards (NaN/inf raise, naming the reward)."""
+    cols = [check_scores(name, fn(images, items), len(items)) for name, fn in rewards.items()]
+    return torch.stack(cols, dim=1)
+
+
+def compute_advantages(cfg: Config, rewards_global: Tensor) -> Tensor:
+    """rewards [B_global, K] in prompt-major order → advantages [B_global]."""
+    r = rewards_global.reshape(cfg.prompts_per_iter, cfg.group_size, -1).double()
+    if cfg.advantage == "gdpo":
+        adv = gdpo_advantages(r, weights=cfg.reward_weights, eps=cfg.adv_eps, clip=cfg.adv_clip)
+    else:
+        w = torch.ones(r.shape[2], dtype=r.dtype) if cfg.reward_weights is None else \
+            torch.tensor(cfg.reward_weights, dtype=r.dtype)
+        adv = group_advantages((r * w).sum(2), std_scope=cfg.std_scope, eps=cfg.adv_eps, clip=cfg.adv_clip)
+    return adv.reshape(-1).float()
+
+
+def policy_loss_fn(cfg: Config):
+    """The configured loss from the table, with its hyperparameters bound."""
+    fn = losses.POLICY_LOSSES[cfg.loss]
+    if cfg.loss.startswith("flow_dppo"):
+        kw = dict(delta=cfg.delta, kl_reduction=cfg.kl_reduction, logp_reduction=cfg.logp_reduction)
+        if cfg.loss == "flow_dppo_predictive":
+            kw["step_size"] = cfg.predictive_step_size
+    else:
+        kw = dict(clip_range=cfg.clip_range, logp_reduction=cfg.logp_reduction)
+    return functools.partial(fn, **kw)
+
+
+class _StatAccumulator:
+    """Sample-weighted means of 0-d stats; max/min for *_max/*_min keys."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, stats: dict[str, Tensor], weight: float) -> None:
+        for k, v in stats.items():
+            v = v.detach().float()
+            if k.endswith("_max"):
+                self.sums[k] = torch.maximum(self.sums[k], v) if k in self.sums else v
+                self.weights[k] = 1.0
+            elif k.endswith("_min"):
+                self.sums[k] = torch.minimum(self.sums[k], v) if k in self.sums else v
+                self.weights[k] = 1.0
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+                self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self) -> dict[str, Tensor]:
+        return {k: (v if k.endswith(("_max", "_min")) else v / self.weights[k]) for k, v in self.sums.items()}
+
+
+def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Tensor, cfg: Config,
+                     loss_fn, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                     info: dist.DistInfo) -> dict:
+    """One optimizer step on `rows` of the trajectory (anchor frozen).  Returns the step's log fields."""
+    optimizer.zero_grad(set_to_none=True)
+    t_count = len(traj.sde_indices)
+    denom = len(rows) * t_count  # loss = mean over (samples, trained steps), whatever the micro split
+    total = _StatAccumulator()
+    per_step = [_StatAccumulator() for _ in range(t_count)]
+    lr_all, kl_all, adv_all = [], [], []
+    loss_sum = torch.zeros(()); pol_sum = torch.zeros(()); ref_sum = torch.zeros(())
+    for micro in split_micro(rows, cfg.micro_size):
+        idx = torch.as_tensor(micro, dtype=torch.long, device=traj.x.device)
+        cond = cond_index(traj.cond, idx)
+        a = adv[idx]
+        for t, k in enumerate(traj.sde_indices):
+            s, s_next = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
+            x = traj.x[idx, t]
+            v = policy.velocity(x, sigma_batch(s, len(micro), x), cond, guidance_scale=cfg.guidance_scale).float()
+            st = sde.step(cfg.kernel, x=x, v=v, sigma=s, sigma_next=s_next, eta=cfg.eta, x_next=traj.x_next[idx, t])
+            per_dim = cfg.logp_reduction == "per_dim"
+            logp = st.logp_per_dim if per_dim else st.logp_sum
+            old_logp = (traj.old_logp_per_dim if per_dim else traj.old_logp_sum)[idx, t]
+            old_mean = traj.old_mean[idx, t]
+            per_sample, stats = loss_fn(logp=logp, old_logp=old_logp, mean=st.mean, old_mean=old_mean,
+                                        std=st.std, advantages=a, sample=traj.x_next[idx, t])
+            total_loss = per_sample
+            if cfg.beta > 0:
+                kl_ref = losses.kl_to_reference(mean=st.mean, ref_mean=traj.ref_mean[idx, t], std=st.std,
+                                                reduction=cfg.kl_reduction)
+                total_loss = per_sample + cfg.beta * kl_ref
+                stats["kl_ref"] = kl_ref.detach().mean()
+                ref_sum += kl_ref.detach().sum()
+            (total_loss.sum() / denom).backward()
+            loss_sum += total_loss.detach().sum(); pol_sum += per_sample.detach().sum()
+            total.add(stats, len(micro))
+            per_step[t].add(stats, len(micro))
+            with torch.no_grad():
+                lr_all.append(st.logp_per_dim.detach() - traj.old_logp_per_dim[idx, t])
+                kl_all.append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
+                adv_all.append(a)
+    dist.average_gradients(params, info)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+
+    log_ratio, kl_d, a = torch.cat(lr_all), torch.cat(kl_all), torch.cat(adv_all)
+    stats = total.result()
+    stats.update({f"cf/{k}": v for k, v in losses.counterfactual_rates(log_ratio=log_ratio, kl_per_dim=kl_d,
+                                                                       advantages=a).items()})
+    for q in _QUANTILES:
+        stats[f"q/kl_old_per_dim@{q:g}"] = torch.quantile(kl_d.double(), q).float()
+        stats[f"q/abs_log_ratio_per_dim@{q:g}"] = torch.quantile(log_ratio.abs().double(), q).float()
+    stats.update(loss=loss_sum / denom, policy_loss=pol_sum / denom, grad_norm=grad_norm.detach())
+    if cfg.beta > 0:
+        stats["kl_ref_loss"] = cfg.beta * ref_sum / denom
+    stats = dist.reduce_stats(stats, info)
+    step_block = {}
+    for t, k in enumerate(traj.sde_indices):
+        ps = dist.reduce_stats(per_step[t].result(), info)
+        step_block[str(k)] = {key: float(ps[key]) for key in _PER_STEP_KEYS if key in ps}
+    out = {k: float(v) for k, v in stats.items()}
+    out["per_step"] = step_block
+    return out
+
+
+def _reward_stats(cfg: Config, names: Sequence[str], rewards: Tensor, adv: Tensor) -> dict:
+    out = {}
+    for j, name in enumerate(names):
+        out[f"reward/{name}_mean"] = float(rewards[:, j].mean())
+        out[f"reward/{name}_std"] = float(rewards[:, j].std(unbiased=False))
+    grouped = rewards.reshape(cfg.prompts_per_iter, cfg.group_size, -1)
+    out["reward/zero_std_groups"] = float((grouped.std(dim=1, unbiased=False) < 1e-12).all(-1).float().mean())
+    out["adv_abs_mean"] = float(adv.abs().mean())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
+def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run_dir: Path,
+             eval_log: JsonlLog) -> dict[str, dict[str, float]]:
+    """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds."""
+    from .evaluation import evaluate_split, save_grid
+    results = {}
+    for split in ("test", "ood"):
+        items = comps.splits.get(split, [])[: cfg.eval_prompts]
+        if not items:
+            continue
+        metrics, images = evaluate_split(policy, comps, cfg, items)
+        eval_log.append({"iteration": iteration, "split": split, **metrics})
+        save_grid(images, cfg.eval_samples_per_prompt, run_dir / "samples" / f"{split}_iter{iteration:05d}.png",
+                  max_prompts=8)
+        results[split] = metrics
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+def _default_run_dir(cfg: Config) -> str:
+    return f"runs/{cfg.loss}-{cfg.kernel}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _fault_hook(opt_step: int) -> None:
+    """Fault injection for the resume test: FLOWDPPO_KILL_AFTER_STEP=n SIGKILLs this process right after
+    optimizer step n has been logged (before any checkpoint of that iteration)."""
+    target = os.environ.get("FLOWDPPO_KILL_AFTER_STEP")
+    if target is not None and opt_step == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train(cfg: Config, *, resume: bool = False, components: Optional[Components] = None,
+          on_step: Optional[Callable[[int, Policy], None]] = None) -> Path:
+    """Run (or resume) training; returns the run directory.
+
+    components: inject a policy/prompts/rewards (tests, notebooks); default builds them from cfg.
+    on_step(opt_step, policy): called after every optimizer step (tests check cross-rank identity here)."""
+    info = dist.init_from_env(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    if not cfg.run_dir:
+        cfg = cfg.replace(run_dir=dist.broadcast_object(_default_run_dir(cfg), info))
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    if resume:
+        if not (run_dir / "config.json").exists():
+            raise ValueError(f"cannot resume: {run_dir}/config.json does not exist (is --resume the run dir?)")
+        saved = make_config(__import__("json").loads((run_dir / "config.json").read_text()))
+        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads"))
+        if diff:
+            lines = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, a, b in
+                              ((k, *v) for k, v in diff.items()))
+            raise ValueError(f"resume config differs from the run's ({lines}). Fix: resume with the run's config "
+                             f"(drop those overrides) or start a new run_dir")
+    elif (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} already holds a run. Fix: `flowdppo train --resume {run_dir}` to continue it,"
+                         f" or choose another run_dir")
+
+    comps = components or build_components(cfg)
+    policy = comps.policy
+    params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+    loss_fn = policy_loss_fn(cfg)
+    latent_dim = int(torch.tensor(policy.latent_shape).prod())
+    train_items = comps.splits["train"]
+    sigmas = sde.shifted_sigmas(cfg.num_steps, cfg.shift)
+    pool = cfg.sde_indices_pool()
+    if cfg.batch_size % info.world_size or (cfg.batch_size // info.world_size) % cfg.num_minibatches:
+        raise ValueError(f"config.prompts_per_iter: batch {cfg.batch_size} must split evenly over {info.world_size} "
+                         f"ranks × {cfg.num_minibatches} minibatches. Fix: make prompts_per_iter*group_size a "
+                         f"multiple of world_size*num_minibatches")
+    if cfg.prompts_per_iter % info.world_size:
+        raise ValueError(f"config.prompts_per_iter={cfg.prompts_per_iter} is not divisible by world size "
+                         f"{info.world_size}. Fix: use a multiple of the number of ranks")
+
+    metrics_log, eval_log = JsonlLog(run_dir / "metrics.jsonl"), JsonlLog(run_dir / "eval.jsonl")
+    start_iter, opt_step = 0, 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        policy.load_trainable_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_iter, opt_step = state["iteration"], state["opt_step"]
+        if info.is_main:
+            metrics_log.truncate_to(state["metrics_lines"])
+            eval_log.truncate_to(state["eval_lines"])
+    elif resume and info.is_main:  # killed before its first checkpoint: start over, cleanly
+        metrics_log.truncate_to(0)
+        eval_log.truncate_to(0)
+    if info.is_main and not resume:
+        atomic_write_json(run_dir / "config.json", cfg.to_dict())
+        atomic_write_json(run_dir / "run.json", {
+            "latent_dim": latent_dim, "latent_shape": list(policy.latent_shape), "git_commit": git_commit(),
+            "versions": versions(), "world_size": info.world_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "threshold_units": f"delta is per-{cfg.kl_reduction} KL; D = {latent_dim}",
+            "matched_clip_eps": (2 * cfg.delta / latent_dim) ** 0.5 if cfg.kl_reduction == "per_dim" else None})
+    dist.barrier(info)
+    tb = _tensorboard(cfg, run_dir) if info.is_main else None
+
+    # this rank's shard of each iteration's prompts / samples
+    p_local = cfg.prompts_per_iter // info.world_size
+    b_local = p_local * cfg.group_size
+    first_global = info.rank * b_local
+    global_rows = list(range(first_global, first_global + b_local))
+
+    bar = _progress(cfg, info, start_iter)
+    for it in range(start_iter, cfg.iterations):
+        if cfg.eval_every and it % cfg.eval_every == 0 and info.is_main:
+            evaluate(policy, comps, cfg, it, run_dir, eval_log)
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, it, _PROMPTS))
+        chosen = torch.randperm(len(train_items), generator=g)[: cfg.prompts_per_iter].tolist()
+        if len(chosen) < cfg.prompts_per_iter:
+            chosen = (chosen * cfg.prompts_per_iter)[: cfg.prompts_per_iter]
+        mine = chosen[info.rank * p_local:(info.rank + 1) * p_local]
+        items = [train_items[i] for i in mine for _ in range(cfg.group_size)]
+        cond = cond_repeat(policy.encode_prompts([train_items[i].text for i in mine]), cfg.group_size)
+        sde_idx = choose_sde_indices(pool, cfg.sde_steps_per_traj,
+                                     torch.Generator().manual_seed(derive_seed(cfg.seed, it, _SDE_IDX)))
+        epoch0 = minibatch_assignment(b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=0,
+                                      first_global=first_global)
+        chunks = [m for mb in epoch0 for m in split_micro(mb, cfg.micro_size)]
+        want_ref = cfg.beta > 0 or cfg.log_ref_kl
+        traj = rollout(policy, cond, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel, eta=cfg.eta,
+                       guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE), iteration=it,
+                       global_indices=global_rows, chunks=chunks, want_ref=want_ref,
+                       ref_guidance_scale=cfg.ref_guidance_scale)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            images = policy.decode(traj.final)
+            rewards_local = score(comps.rewards, images, items)
+        rewards_all = dist.all_gather_cat(rewards_local, info)
+        adv_all = compute_advantages(cfg, rewards_all)
+        adv = adv_all[first_global:first_global + b_local].to(traj.x.device)
+        t2 = time.perf_counter()
+        iter_fields = {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "sde_indices": sde_idx}
+        iter_fields.update(_reward_stats(cfg, list(comps.rewards), rewards_all, adv_all))
+        if traj.ref_mean is not None:
+            with torch.no_grad():
+                ref_kl = gaussian_kl(traj.old_mean.flatten(0, 1), traj.ref_mean.flatten(0, 1),
+                                     traj.std.reshape(-1, *([1] * len(policy.latent_shape))), "per_dim")
+            iter_fields["ref_kl_per_dim"] = float(dist.reduce_stats({"v": ref_kl.mean()}, info)["v"])
+            iter_fields["ref_kl_sum"] = iter_fields["ref_kl_per_dim"] * latent_dim
+
+        update_time = 0.0
+        for epoch in range(cfg.num_inner_epochs):
+            mbs = epoch0 if epoch == 0 else minibatch_assignment(
+                b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=epoch, first_global=first_global)
+            for j, rows in enumerate(mbs):
+                ts = time.perf_counter()
+                fields = update_minibatch(policy, traj, rows, adv, cfg, loss_fn, params, optimizer, info)
+                opt_step += 1
+                update_time += time.perf_counter() - ts
+                record = {"iteration": it, "epoch": epoch, "minibatch": j, "opt_step": opt_step,
+                          "samples_seen": (it + 1) * cfg.batch_size, "lr": cfg.lr,
+                          "time/step_s": time.perf_counter() - ts, **iter_fields, **fields}
+                if info.is_main:
+                    metrics_log.append(record)
+                    _tb_write(tb, record, opt_step)
+                if on_step is not None:
+                    on_step(opt_step, policy)
+                _fault_hook(opt_step)
+        if info.is_main and bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{iter_fields[f'reward/{next(iter(comps.rewards))}_mean']:.3f}",
+                            kept=f"{fields.get('kept', float('nan')):.2f}", refresh=False)
+        last = it + 1 == cfg.iterations
+        if last and cfg.eval_every and info.is_main:
+            evaluate(policy, comps, cfg, it + 1, run_dir, eval_log)
+        if info.is_main and (last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)):
+            atomic_torch_save(ckpt_path, {"iteration": it + 1, "opt_step": opt_step,
+                                          "policy": policy.trainable_state_dict(),
+                                          "optimizer": optimizer.state_dict(),
+                                          "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines,
+                                          "config": cfg.to_dict()})
+        dist.barrier(info)
+    if bar is not None:
+        bar.close()
+    if tb is not None:
+        tb.close()
+    return run_dir
+
+
+def _progress(cfg: Config, info: dist.DistInfo, start: int):
+    if not (cfg.progress and info.is_main):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=cfg.iterations, initial=start, desc="flowdppo", unit="it", dynamic_ncols=True)
+
+
+def _tensorboard(cfg: Config, run_dir: Path):
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _tb_write(tb, record: dict, step: int) -> None:
+    if tb is None:
+        return
+    for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            tb.add_scalar(k, v, step)
