@@ -1,0 +1,57 @@
+"""The embedded default world: compositional text-to-image RL in miniature, on a CPU.
+
+Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  In-domain prompts place three
+digits in three of the four cells and leave one empty ("a 3 top left, a 7 top right and a 1 bottom
+right"): four atoms per prompt, 4000 possible layouts.  The difficulty is binding — the base model
+draws recognisable digits but often the wrong digit in a cell, or ink in the empty one.
+Out-of-domain prompts are full 4-digit grids in a different wording ("top row 3 and 7, bottom row 1
+and 8"); RL never sees them.
+
+Public API (used by the trainer):
+    load_policy(checkpoint=None, lora_rank=0, lora_alpha=None, device="cpu") -> TinyFlowPolicy
+    prompt_splits(seed=0) -> {"train", "test", "ood"} → list[PromptItem]
+    make_reward(name) -> Reward            names: "tifa", "agreement", "realism", "ink"
+    evaluate_images(images, items, group_size) -> dict[str, float]
+    sample_images(policy, items, group_size=…, num_steps=…, guidance_scale=…) -> images (ODE, for eval)
+    pretrain(out_path, steps=…, seed=…, threads=…, log_every=…) -> dict;  CLI: main_pretrain(argv)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..policy.tiny import TinyFlowPolicy, build_transformer
+from .data import prompt_splits
+from .pretrain import main as main_pretrain
+from .pretrain import pretrain
+from .rewards import REWARD_NAMES, evaluate_images, make_reward
+from .sampling import expand_items, sample_images
+
+BASE_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "world_base.safetensors"
+
+__all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "sample_images", "expand_items",
+           "pretrain", "main_pretrain", "REWARD_NAMES", "BASE_CHECKPOINT", "TinyFlowPolicy"]
+
+
+def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, lora_alpha: Optional[float] = None,
+                device: str = "cpu") -> TinyFlowPolicy:
+    """The world's policy, initialised from `checkpoint` (a `pretrain` output; None = the shipped base).
+
+    lora_rank = 0: full fine-tuning with a frozen copy of the base as reference; > 0: LoRA adapters
+    (alpha defaults to the rank), reference = adapters disabled."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .text import shared_encoder
+
+    path = Path(checkpoint) if checkpoint is not None else BASE_CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"world checkpoint {path} not found; build one with "
+                                f"`python -m flowdppo.world.pretrain {path}`")
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    transformer = build_transformer(config)
+    transformer.load_state_dict(load_file(str(path)), strict=True)
+    policy = TinyFlowPolicy(transformer, shared_encoder().encode, lora_rank=lora_rank, lora_alpha=lora_alpha)
+    return policy.to(device)

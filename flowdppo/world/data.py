@@ -1,0 +1,176 @@
+"""Digits, layouts, canvases and prompts of the embedded world.
+
+The canvas is a 2×2 grid of 8×8 cells (16×16, one channel).  A *layout* is a tuple of four cell
+contents in reading order (top left, top right, bottom left, bottom right); each is a digit 0–9 or
+EMPTY.  A prompt names every digit and where it goes, so the model must bind each digit token to a
+place token — the compositional skill GenEval2's position/count atoms test.
+
+Splits of sklearn's 1797 digit images (seeded permutation, fixed forever):
+  gen    60 %  the generator's pretraining pixels and the realism reference set
+  cls    20 %  trains the in-domain reward classifier ("tifa")
+  judge  20 %  trains the independent judge ("agreement")
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..prompts import PromptItem
+
+EMPTY = -1
+BLANK_CLASS = 10            # classifier class index for an empty cell
+NUM_CLASSES = 11            # digits 0–9 + blank
+CELL = 8                    # cell side in pixels
+CANVAS = (1, 16, 16)        # (C, H, W)
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+CELL_SLICES = tuple((slice(r * CELL, (r + 1) * CELL), slice(c * CELL, (c + 1) * CELL))
+                    for r in range(2) for c in range(2))
+
+Layout = tuple[int, int, int, int]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Digit images
+# ----------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def digit_splits() -> dict[str, tuple[Tensor, Tensor]]:
+    """{"gen", "cls", "judge"} → (images [N, 8, 8] float32 in [0, 1], labels [N] int64)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.as_tensor(d.images / 16.0, dtype=torch.float32)
+    labels = torch.as_tensor(d.target, dtype=torch.int64)
+    perm = torch.as_tensor(np.random.RandomState(0).permutation(len(labels)))
+    n_gen, n_cls = int(0.6 * len(perm)), int(0.2 * len(perm))
+    parts = {"gen": perm[:n_gen], "cls": perm[n_gen:n_gen + n_cls], "judge": perm[n_gen + n_cls:]}
+    return {k: (images[idx], labels[idx]) for k, idx in parts.items()}
+
+
+def blank_cells(n: int, generator: torch.Generator) -> Tensor:
+    """Empty cells as classifier training examples: zero ink plus faint speckle ([n, 8, 8] in [0, 1]),
+    so a near-blank generated cell reads as blank rather than as the nearest digit."""
+    amp = torch.rand(n, 1, 1, generator=generator) * 0.15
+    return torch.rand(n, CELL, CELL, generator=generator) * amp * (torch.rand(n, CELL, CELL, generator=generator) < 0.3)
+
+
+def cells_of(images: Tensor) -> Tensor:
+    """Cut canvases [B, 1, 16, 16] into cells [B, 4, 8, 8] (reading order)."""
+    if images.shape[1:] != CANVAS:
+        raise ValueError(f"expected images of shape [B, {CANVAS}], got {tuple(images.shape)}")
+    return torch.stack([images[:, 0, rs, cs] for rs, cs in CELL_SLICES], dim=1)
+
+
+class CanvasSampler:
+    """Composes canvases for layouts from one split's digit images (a random instance per cell)."""
+
+    def __init__(self, split: str = "gen"):
+        self.images, self.labels = digit_splits()[split]
+        self.by_class = [torch.nonzero(self.labels == k).flatten() for k in range(10)]
+
+    def __call__(self, layouts: Sequence[Layout], generator: torch.Generator) -> Tensor:
+        out = torch.zeros(len(layouts), *CANVAS)
+        for b, layout in enumerate(layouts):
+            for cell, digit in enumerate(layout):
+                if digit == EMPTY:
+                    continue
+                pool = self.by_class[digit]
+                pick = pool[int(torch.randint(len(pool), (1,), generator=generator))]
+                rs, cs = CELL_SLICES[cell]
+                out[b, 0, rs, cs] = self.images[pick]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompts
+# ----------------------------------------------------------------------------------------------------
+def _article(d: int) -> str:
+    return f"an {d}" if d == 8 else f"a {d}"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def text_places(layout: Layout) -> str:
+    """The place template (pretraining, in-domain): "a 3 top left, a 7 top right and a 1 bottom left"."""
+    return _join([f"{_article(d)} {POSITIONS[i]}" for i, d in enumerate(layout) if d != EMPTY])
+
+
+def text_rows(layout: Layout) -> str:
+    """The row template (pretraining, out-of-domain), full grids only: "top row 3 and 7, bottom row 1 and 8"."""
+    if EMPTY in layout:
+        raise ValueError("the row template describes full grids only")
+    return f"top row {layout[0]} and {layout[1]}, bottom row {layout[2]} and {layout[3]}"
+
+
+TEMPLATES = {"places": text_places, "rows": text_rows}
+
+
+def atoms_of(layout: Layout) -> tuple[str, ...]:
+    """One atom per cell: the digit that must be there, or that the cell must stay empty."""
+    return tuple(f"{d} {POSITIONS[i]}" if d != EMPTY else f"nothing {POSITIONS[i]}"
+                 for i, d in enumerate(layout))
+
+
+def make_item(layout: Layout, template: str, family: str) -> PromptItem:
+    return PromptItem(text=TEMPLATES[template](layout), atoms=atoms_of(layout),
+                      meta={"layout": tuple(layout), "template": template, "family": family,
+                            "num_digits": sum(d != EMPTY for d in layout)})
+
+
+def _random_layout(rng: random.Random, num_digits: int) -> Layout:
+    cells = rng.sample(range(4), num_digits)
+    return tuple(rng.randrange(10) if i in cells else EMPTY for i in range(4))  # type: ignore[return-value]
+
+
+SPLIT_SIZES = {"train": 256, "test": 128, "ood": 128}
+
+
+@functools.lru_cache(maxsize=4)
+def _splits(seed: int) -> dict[str, tuple[PromptItem, ...]]:
+    # In-domain: 3 digits in 3 of the 4 cells, place template (4 × 10³ = 4000 layouts).
+    # OOD: full 4-digit grids in the row template — more slots and different wording; RL never sees it.
+    rng = random.Random(1000 + seed)
+    three = [ds[:hole] + (EMPTY,) + ds[hole:] for hole in range(4) for ds in itertools.product(range(10), repeat=3)]
+    rng.shuffle(three)
+    n_tr, n_te = SPLIT_SIZES["train"], SPLIT_SIZES["test"]
+    four = rng.sample(list(itertools.product(range(10), repeat=4)), SPLIT_SIZES["ood"])
+    return {"train": tuple(make_item(l, "places", "in_domain") for l in three[:n_tr]),
+            "test": tuple(make_item(l, "places", "in_domain") for l in three[n_tr:n_tr + n_te]),
+            "ood": tuple(make_item(l, "rows", "ood") for l in four)}
+
+
+def prompt_splits(seed: int = 0) -> dict[str, list[PromptItem]]:
+    """{"train", "test", "ood"} → prompt items (disjoint, deterministic in `seed`).
+
+    train/test: in-domain 3-digit place prompts (test = held-out combinations of the same atoms);
+    ood: 4-digit full grids in the row template."""
+    return {k: list(v) for k, v in _splits(seed).items()}
+
+
+def pretraining_pool(size: int, seed: int, exclude: set[str]) -> list[PromptItem]:
+    """A deterministic pool of pretraining prompts: 1–4 digits in the place template plus full grids in
+    the row template, skipping every text in `exclude` (the evaluation prompts are never trained on).
+    Mix: 1 digit 10 %, 2 digits 20 %, 3 digits 40 %, 4 digits (places) 15 %, full grid (rows) 15 %."""
+    rng = random.Random(seed)
+    pool: list[PromptItem] = []
+    seen: set[str] = set(exclude)
+    kinds = [(1, "places")] * 2 + [(2, "places")] * 4 + [(3, "places")] * 8 + [(4, "places")] * 3 + [(4, "rows")] * 3
+    attempts = 0
+    while len(pool) < size:
+        attempts += 1
+        if attempts > 100 * size:
+            raise RuntimeError(f"could not draw {size} distinct pretraining prompts")
+        k, template = rng.choice(kinds)
+        item = make_item(_random_layout(rng, k), template, "pretrain")
+        if item.text in seen:
+            continue
+        seen.add(item.text)
+        pool.append(item)
+    return pool

@@ -1,0 +1,141 @@
+"""Deterministic pretraining of the world's base model (rectified flow, paper Eq. 1).
+
+    x_σ = (1 − σ)·x0 + σ·ε,   target v = ε − x0,   σ ~ logit-normal(0, 1),   loss = ‖v_θ(x_σ, σ, c) − v‖²
+
+x0 are canvases composed from the "gen" split of the digits for prompts drawn from a fixed pool
+(`data.pretraining_pool`, evaluation prompts excluded); 10 % of prompts are dropped to the empty
+prompt so classifier-free guidance works.  Single process, fixed seeds, fixed thread count: two runs
+with the same arguments give identical weights.
+
+    python -m flowdppo.world.pretrain OUT.safetensors [--steps N] [--seed S] [--threads T]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..policy.tiny import TINY_CONFIG, build_transformer
+from .data import CELL_SLICES, EMPTY, digit_splits, pretraining_pool, prompt_splits
+from .text import MiniLMEncoder
+
+DEFAULT_STEPS = 6000
+PROMPT_DROPOUT = 0.1
+
+
+class _FastCanvas:
+    """Vectorised canvas composition: a random gen-split instance of each requested digit per cell."""
+
+    def __init__(self):
+        images, labels = digit_splits()["gen"]
+        order = torch.argsort(labels, stable=True)
+        self.images = images[order]
+        counts = torch.bincount(labels, minlength=10)
+        self.counts = counts
+        self.offsets = torch.cumsum(counts, 0) - counts
+
+    def __call__(self, layouts: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """layouts [B, 4] (digit or EMPTY) → canvases [B, 1, 16, 16] in [0, 1]."""
+        b = layouts.shape[0]
+        out = torch.zeros(b, 1, 16, 16)
+        u = torch.rand(b, 4, generator=g)
+        for cell, (rs, cs) in enumerate(CELL_SLICES):
+            d = layouts[:, cell]
+            filled = d != EMPTY
+            dc = d.clamp(min=0)
+            pick = self.offsets[dc] + (u[:, cell] * self.counts[dc]).long().clamp(max=self.counts[dc] - 1)
+            out[:, 0, rs, cs] = self.images[pick] * filled.view(b, 1, 1)
+        return out
+
+
+def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int = 1,
+             log_every: int = 250, batch_size: int = 128, lr: float = 1e-3, pool_size: int = 4096,
+             warmup: int = 200, config: Optional[dict] = None) -> dict:
+    """Train the base from scratch and save it (safetensors, config in the metadata) to out_path.
+
+    steps: optimizer steps; batch_size: canvases per step; lr: AdamW peak (linear warm-up over `warmup`
+    steps, cosine decay to 5 % of it); pool_size: distinct pretraining prompts (MiniLM-encoded once).
+    Returns a summary dict (steps, seconds, final loss, params) — also written next to the checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    t_start = time.time()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    cfg = dict(config or TINY_CONFIG)
+    model = build_transformer(cfg).train()
+
+    exclude = {it.text for items in prompt_splits(0).values() for it in items}
+    pool = pretraining_pool(pool_size, seed, exclude)
+    enc = MiniLMEncoder()
+    states, pooled = enc.encode([it.text for it in pool])            # [N, L, 384], [N, 384]
+    empty_states, empty_pooled = enc.encode([""])
+    layouts = torch.tensor([it.meta["layout"] for it in pool])       # [N, 4]
+    t_encoded = time.time()
+
+    canvas = _FastCanvas()
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+    history = []
+    running = 0.0
+    for step in range(steps):
+        idx = torch.randint(len(pool), (batch_size,), generator=g)
+        x0 = canvas(layouts[idx], g) * 2.0 - 1.0                       # pixels → [-1, 1]
+        drop = (torch.rand(batch_size, generator=g) < PROMPT_DROPOUT).view(-1, 1)
+        enc_states = torch.where(drop.unsqueeze(-1), empty_states, states[idx])
+        enc_pooled = torch.where(drop, empty_pooled, pooled[idx])
+        sigma = torch.sigmoid(torch.randn(batch_size, generator=g))    # logit-normal σ
+        eps = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1)
+        x_sigma = (1.0 - s) * x0 + s * eps
+        v = model(hidden_states=x_sigma, encoder_hidden_states=enc_states, pooled_projections=enc_pooled,
+                  timestep=1000.0 * sigma, return_dict=False)[0]
+        loss = (v - (eps - x0)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += float(loss.detach())                                       # host sync, once per step
+        if log_every and (step + 1) % log_every == 0:
+            rec = {"step": step + 1, "loss": running / log_every, "lr": sched.get_last_lr()[0],
+                   "seconds": round(time.time() - t_start, 1)}
+            history.append(rec)
+            print(json.dumps(rec), flush=True)
+            running = 0.0
+
+    summary = {"steps": steps, "seed": seed, "threads": threads, "batch_size": batch_size, "lr": lr,
+               "pool_size": pool_size, "params": sum(p.numel() for p in model.parameters()),
+               "encode_seconds": round(t_encoded - t_start, 1), "seconds": round(time.time() - t_start, 1),
+               "final_loss": history[-1]["loss"] if history else float(loss.detach())}
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(out_path), metadata={"config": json.dumps(cfg), "summary": json.dumps(summary)})
+    summary["state_dict"] = model.state_dict()
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(description="Pretrain the embedded world's base model (deterministic).")
+    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=250)
+    a = p.parse_args(argv)
+    summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every)
+    summary.pop("state_dict")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Rewards and evaluation metrics of the embedded world (stand-ins for GenEval2 / CLIP / FID / HPS).
+
+Every reward follows flowdppo.rewards.base.Reward: images [B, 1, 16, 16] in [0, 1] and their prompt
+items in, a float32 tensor [B] out.  Each cell of the 2×2 canvas is one atom (a digit, or "nothing").
+
+  tifa       in-domain reward, Soft-TIFA GM: exp(mean_atoms log P_cls(atom)), P_cls from the logistic-
+             regression classifier.  In (0, 1].
+  agreement  prompt–image agreement by the independent CNN judge: mean_atoms P_judge(atom).  In [0, 1].
+             (the CLIP-score stand-in: different model, features and training split from tifa.)
+  realism    per-image quality: −mean_cells d_k(cell) / d_real, d_k = mean distance to the k = 5
+             nearest real cells in judge-feature space, d_real the same for held-out real cells, so a
+             real canvas scores ≈ −1 and worse images score lower.  ≤ 0.
+  ink        mean pixel intensity: a cheap, hackable preference (more ink = "better").  In [0, 1].
+
+Set metrics (evaluate_images): accuracy (all 4 atoms correct under the tifa classifier), fid (Fréchet
+distance between judge features of generated digit cells and real "gen"-split digits; biased upward
+at small sample sizes, compare at equal sizes), diversity (mean pairwise RMS pixel distance between
+samples of the same prompt).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..prompts import PromptItem
+from ..rewards.base import check_scores
+from .data import BLANK_CLASS, EMPTY, blank_cells, cells_of, digit_splits
+from .judges import load_judges
+
+REWARD_NAMES = ("tifa", "agreement", "realism", "ink")
+KNN_K = 5
+
+
+def target_classes(items: Sequence[PromptItem]) -> Tensor:
+    """[B, 4] class index per cell (digit, or BLANK_CLASS for an empty cell) from item.meta["layout"]."""
+    try:
+        layouts = [it.meta["layout"] for it in items]
+    except KeyError as e:
+        raise KeyError("world rewards need items from flowdppo.world.prompt_splits (meta['layout'])") from e
+    t = torch.tensor(layouts, dtype=torch.int64)
+    return torch.where(t == EMPTY, torch.full_like(t, BLANK_CLASS), t)
+
+
+def _atom_probs(model, images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+    """[B, 4] probability the model gives each cell's required class."""
+    cells = cells_of(images.float().cpu())                      # [B, 4, 8, 8]
+    b = cells.shape[0]
+    with torch.no_grad():
+        probs = model(cells.reshape(b * 4, 8, 8)).softmax(-1).reshape(b, 4, -1)
+    return probs.gather(-1, target_classes(items).unsqueeze(-1)).squeeze(-1)
+
+
+@functools.lru_cache(maxsize=1)
+def _real_feature_bank() -> tuple[Tensor, float, Tensor]:
+    """(bank [N, 32] of gen-split digit + blank features, d_real scale, gen-split digit features)."""
+    _, judge = load_judges()
+    gen_images, _ = digit_splits()["gen"]
+    blanks = blank_cells(60, torch.Generator().manual_seed(21))
+    with torch.no_grad():
+        digit_feats = judge.features(gen_images)
+        bank = torch.cat([digit_feats, judge.features(blanks)])
+        held, _ = digit_splits()["judge"]
+        d_real = _knn_distance(judge.features(held), bank).median()
+    return bank, float(d_real), digit_feats
+
+
+def _knn_distance(queries: Tensor, bank: Tensor) -> Tensor:
+    """[Q] mean Euclidean distance to the KNN_K nearest bank rows."""
+    return torch.cdist(queries, bank).topk(KNN_K, dim=1, largest=False).values.mean(1)
+
+
+class TifaReward:
+    name = "tifa"
+
+    def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+        tifa, _ = load_judges()
+        p = _atom_probs(tifa, images, items).clamp_min(1e-12)
+        return check_scores(self.name, p.log().mean(1).exp(), len(items))
+
+
+class AgreementReward:
+    name = "agreement"
+
+    def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+        _, judge = load_judges()
+        return check_scores(self.name, _atom_probs(judge, images, items).mean(1), len(items))
+
+
+class RealismReward:
+    name = "realism"
+
+    def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+        _, judge = load_judges()
+        bank, d_real, _ = _real_feature_bank()
+        cells = cells_of(images.float().cpu())
+        with torch.no_grad():
+            d = _knn_distance(judge.features(cells.reshape(-1, 8, 8)), bank).reshape(-1, 4)
+        return check_scores(self.name, -(d / d_real).mean(1), len(items))
+
+
+class InkReward:
+    name = "ink"
+
+    def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+        return check_scores(self.name, images.float().cpu().flatten(1).mean(1), len(items))
+
+
+_REWARDS = {"tifa": TifaReward, "agreement": AgreementReward, "realism": RealismReward, "ink": InkReward}
+
+
+def make_reward(name: str):
+    """A world reward by name: one of REWARD_NAMES."""
+    if name not in _REWARDS:
+        raise ValueError(f"unknown world reward {name!r}; choose one of {REWARD_NAMES}")
+    return _REWARDS[name]()
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussian fits of feature sets a [N, F] and b [M, F]."""
+    from scipy import linalg
+
+    a64, b64 = a.double().numpy(), b.double().numpy()
+    mu_a, mu_b = a64.mean(0), b64.mean(0)
+    # a small ridge keeps the product well-conditioned (ReLU features have dead dimensions)
+    ridge = 1e-6 * np.eye(a64.shape[1])
+    ca, cb = np.cov(a64, rowvar=False) + ridge, np.cov(b64, rowvar=False) + ridge
+    covmean = linalg.sqrtm(ca @ cb)
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2.0 * covmean))
+
+
+def diversity(images: Tensor, group_size: int) -> float:
+    """Mean pairwise RMS pixel distance between samples of the same prompt (consecutive groups)."""
+    if group_size < 2 or images.shape[0] % group_size:
+        raise ValueError(f"diversity needs group_size >= 2 dividing the batch ({images.shape[0]}), got {group_size}")
+    x = images.float().cpu().flatten(1).reshape(-1, group_size, images[0].numel())   # [P, G, D]
+    d = torch.cdist(x, x) / math.sqrt(x.shape[-1])                                    # RMS distances
+    iu = torch.triu_indices(group_size, group_size, 1)
+    return float(d[:, iu[0], iu[1]].mean())
+
+
+def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int) -> dict[str, float]:
+    """Eval metrics of a batch: items[i] is the prompt of images[i]; consecutive groups of `group_size`
+    share a prompt.  Keys: tifa, accuracy, agreement, realism, ink, fid, diversity."""
+    if len(items) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(items)} items")
+    tifa, judge = load_judges()
+    p = _atom_probs(tifa, images, items)
+    cells = cells_of(images.float().cpu())
+    with torch.no_grad():
+        pred = tifa(cells.reshape(-1, 8, 8)).argmax(-1).reshape(-1, 4)
+        digit_cells = cells[target_classes(items) != BLANK_CLASS]
+        gen_feats = judge.features(digit_cells)
+    _, _, real_digit_feats = _real_feature_bank()
+    return {"tifa": float(p.clamp_min(1e-12).log().mean(1).exp().mean()),
+            "accuracy": float((pred == target_classes(items)).all(1).float().mean()),
+            "agreement": float(AgreementReward()(images, items).mean()),
+            "realism": float(RealismReward()(images, items).mean()),
+            "ink": float(InkReward()(images, items).mean()),
+            "fid": frechet_distance(gen_feats, real_digit_feats),
+            "diversity": diversity(images, group_size)}
