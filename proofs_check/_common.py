@@ -1,0 +1,52 @@
+"""Shared helpers for the proof checks: example budgets, Monte-Carlo tolerances, σ grids.
+
+Statistical convention used by every Monte-Carlo check in this folder: an estimate is compared with
+its exact value at Z_TOL = 6 standard errors.  For a Gaussian (or CLT-Gaussian) statistic the two-sided
+false-alarm probability of one comparison is 2·(1 − Φ(6)) ≈ 2.0e-9; a test that makes m comparisons
+per example and n examples has a false-alarm rate ≤ m·n·2e-9 (stated in each test).  Under the "ci"
+hypothesis profile the examples and the seeds are derandomized, so a run is exactly reproducible.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import settings
+
+from flowdppo import sde
+
+Z_TOL = 6.0
+FALSE_ALARM_PER_CHECK = math.erfc(Z_TOL / math.sqrt(2.0))  # ≈ 1.97e-9
+
+
+def examples(n_ci: int):
+    """hypothesis settings with n_ci examples under the "ci" profile, scaled with the active profile.
+
+    Expensive Monte-Carlo properties use fewer examples than the profile default; "dev" multiplies them."""
+    scale = settings.default.max_examples / settings.get_profile("ci").max_examples
+    return settings(max_examples=max(1, round(n_ci * scale)))
+
+
+def assert_within_se(estimate, exact, se, *, what: str, z: float = Z_TOL) -> None:
+    """|estimate − exact| ≤ z·se, element-wise; the message names the quantity and the z-score."""
+    estimate, exact, se = (torch.as_tensor(t, dtype=torch.float64) for t in (estimate, exact, se))
+    zscore = (estimate - exact).abs() / se
+    worst = int(torch.argmax(zscore.reshape(-1)))
+    assert bool(torch.all(zscore <= z)), (
+        f"{what}: |estimate − exact| = {float((estimate - exact).reshape(-1)[worst]):.3e} is "
+        f"{float(zscore.reshape(-1)[worst]):.2f} standard errors (se={float(se.reshape(-1)[worst]):.3e}); "
+        f"tolerance {z} se")
+
+
+def sde_step_pairs(kernel: str, num_steps: int, shift: float) -> list[tuple[float, float]]:
+    """(σ, σ_next) for every step of the shifted grid at which `kernel` has a positive std.
+
+    Always starts at σ = 1 (step 0, where the Flow-SDE σ = 1 rule applies).  CPS has std 0 at the
+    last step (σ_next = 0), which is an ODE step; Flow-SDE and Dance-SDE keep a positive std there."""
+    grid = sde.shifted_sigmas(num_steps, shift).tolist()
+    pairs = []
+    for s, sn in zip(grid[:-1], grid[1:]):
+        if float(sde.transition_std(kernel, s, sn, 0.5)) > 0:
+            pairs.append((s, sn))
+    assert pairs[0][0] == 1.0
+    return pairs
