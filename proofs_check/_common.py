@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from hypothesis import settings
+from hypothesis import strategies as st
 
+from analysis import toy_mdp
 from flowdppo import sde
 
 Z_TOL = 6.0
@@ -50,3 +53,22 @@ def sde_step_pairs(kernel: str, num_steps: int, shift: float) -> list[tuple[floa
             pairs.append((s, sn))
     assert pairs[0][0] == 1.0
     return pairs
+
+
+# Random tabular MDPs and policy pairs for Theorems 1–2 (per-step TV from 0 to ≈ 1).
+mdp_params = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1), "n_states": st.integers(1, 4), "n_actions": st.integers(1, 3),
+    "horizon": st.integers(1, 5), "flow_like": st.booleans(), "scale": st.floats(0.0, 4.0),
+    "concentration": st.sampled_from([0.3, 1.0, 5.0]),
+})
+
+
+def make_policy_pair(p):
+    """(mdp, π_old, π_θ) from a draw of `mdp_params`."""
+    rng = np.random.default_rng(p["seed"])
+    n_states = max(p["n_states"], 2) if p["flow_like"] else p["n_states"]
+    mdp = toy_mdp.random_mdp(rng, n_states=n_states, n_actions=p["n_actions"], horizon=p["horizon"],
+                             flow_like=p["flow_like"])
+    old = toy_mdp.random_policy(rng, mdp, concentration=p["concentration"])
+    new = toy_mdp.perturb_policy(rng, old, p["scale"])
+    return mdp, old, new
