@@ -72,3 +72,43 @@ def make_policy_pair(p):
     old = toy_mdp.random_policy(rng, mdp, concentration=p["concentration"])
     new = toy_mdp.perturb_policy(rng, old, p["scale"])
     return mdp, old, new
+
+
+# Loss inputs with controlled Â, log r and KL (mask / clip / guard checks).
+def make_batch(adv, log_ratio, mean_shift, *, std=1.0, dims=4, seed=0):
+    """Inputs with a chosen Â, log r (logp is a leaf, so gradients are taken w.r.t. it) and per-dim mean
+    shift |Δμ| (per-dim KL = shift²/(2σ²), exactly representable for the shifts used below)."""
+    gen = torch.Generator().manual_seed(seed)
+    adv = torch.as_tensor(adv, dtype=torch.float64)
+    b = adv.shape[0]
+    old_mean = torch.randn(b, dims, generator=gen, dtype=torch.float64)
+    shift = torch.as_tensor(mean_shift, dtype=torch.float64).reshape(b, 1)
+    sign = torch.where(torch.rand(b, dims, generator=gen) < 0.5, -1.0, 1.0).double()
+    mean = old_mean + shift * sign
+    old_logp = -3.0 * torch.rand(b, generator=gen, dtype=torch.float64)
+    logp = (old_logp + torch.as_tensor(log_ratio, dtype=torch.float64)).detach().requires_grad_(True)
+    sample = old_mean + std * torch.randn(b, dims, generator=gen, dtype=torch.float64)
+    return dict(logp=logp, old_logp=old_logp, mean=mean, old_mean=old_mean,
+                std=torch.tensor(std, dtype=torch.float64), advantages=adv, sample=sample)
+
+
+def run(fn, batch, **kw):
+    loss, stats = fn(**batch, **kw)
+    batch["logp"].grad = None
+    loss.sum().backward()
+    return loss.detach(), stats, batch["logp"].grad.clone()
+
+
+@st.composite
+def random_batches(draw):
+    b = draw(st.integers(1, 24))
+    adv = draw(st.lists(st.one_of(st.just(0.0), st.floats(-5.0, 5.0)), min_size=b, max_size=b))
+    lr = draw(st.lists(st.one_of(st.just(0.0), st.floats(-0.3, 0.3), st.sampled_from([-1e4, -50.0, 50.0, 1e4])),
+                       min_size=b, max_size=b))
+    shift = draw(st.lists(st.floats(0.0, 0.05), min_size=b, max_size=b))
+    std = draw(st.floats(0.05, 1.0))
+    return make_batch(adv, lr, shift, std=std, seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def delta_strategy():
+    return st.floats(1e-8, 1e-2)
