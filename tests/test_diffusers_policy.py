@@ -274,3 +274,24 @@ def test_configuration_errors_name_the_fix(paths):
         _load(paths["sd3"], lora_target_modules=["no_such_layer"])
     with pytest.raises(ValueError, match="dtype"):
         load_diffusers_policy(paths["sd3"], dtype="float16")
+
+
+def test_paper_configs_load_and_their_flux_shift_is_the_pipeline_grid(paths):
+    """configs/*.json parse with the trainer's schema, and the static `shift` written for the FLUX recipes
+    reproduces the pipelines' own σ grid at 512 px (1024 packed tokens) — checked on the tiny pipelines
+    at the resolution that gives 1024 tokens there (VAE factor 2 → 128 px)."""
+    import json
+    from pathlib import Path
+
+    from flowdppo.config import make_config
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfgs = {n: make_config(json.loads((root / f"{n}.json").read_text())) for n in
+            ("sd35_medium_geneval2", "flux1_dev_geneval2", "flux2_klein_geneval2")}
+    assert cfgs["sd35_medium_geneval2"].lora_rank == 32 and cfgs["flux2_klein_geneval2"].lora_rank == 64
+    for name, fam in (("flux1_dev_geneval2", "flux"), ("flux2_klein_geneval2", "flux2_klein")):
+        cfg = cfgs[name]
+        policy = load_diffusers_policy(paths[fam], resolution=128, dtype="float32", device="cpu", lora_rank=1,
+                                       lora_alpha=1)
+        assert policy.latent_shape[0] == 1024
+        torch.testing.assert_close(policy.sigma_schedule(cfg.num_steps), sde.shifted_sigmas(cfg.num_steps, cfg.shift),
+                                   rtol=0, atol=2e-5)
