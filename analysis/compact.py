@@ -1,0 +1,111 @@
+"""The committed, compact run store: only what the figures read, small enough for git.
+
+For each run:   config.json, run.json              copied
+                iterations.csv                      `load_runs.aggregate_iterations` of metrics.jsonl,
+                                                    floats rounded to SIG_DIGITS significant digits
+                eval.jsonl                          copied (a few records per run)
+                samples/{test,ood}_iterNNNNN.png    the final grids; iteration 0 too for seed-0 runs
+                                                    (the base model: every run shares its eval seeds)
+                compaction.json                     what was dropped, from where, and when
+Dropped: checkpoint.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids, tb/.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+
+from .load_runs import aggregate_iterations, is_run_dir, read_jsonl
+
+SIG_DIGITS = 4
+# Ratios sit within ~1e-4 of 1; their deviation from 1 (the "left shift") is what the figures read, so they
+# keep more digits.
+RATIO_SIG_DIGITS = 9
+STORE_LIMIT_BYTES = 30 * 1024 * 1024
+
+
+def _final_iteration(evals: list[dict]) -> Optional[int]:
+    its = [int(e["iteration"]) for e in evals if "iteration" in e]
+    return max(its) if its else None
+
+
+def compact_run(src: Path, dst: Path) -> int:
+    """Write the compact copy of run `src` into `dst` (replaced); returns its size in bytes."""
+    src, dst = Path(src), Path(dst)
+    if not is_run_dir(src) or not (src / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{src} is not a raw run directory (needs config.json and metrics.jsonl)")
+    records, torn = read_jsonl(src / "metrics.jsonl")
+    evals, torn_e = read_jsonl(src / "eval.jsonl")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "samples").mkdir(parents=True)
+    for name in ("config.json", "run.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, tmp / name)
+    iters = aggregate_iterations(records)
+    rounded = iters.apply(lambda col: round_significant(col, RATIO_SIG_DIGITS if "ratio" in col.name and
+                                                            "log_ratio" not in col.name else SIG_DIGITS))
+    rounded.to_csv(tmp / "iterations.csv", index=False)
+    (tmp / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    seed = json.loads((src / "config.json").read_text()).get("seed", 0)
+    keep = [_final_iteration(evals)] + ([0] if seed == 0 else [])
+    for it in {k for k in keep if k is not None}:
+        for split in ("test", "ood"):
+            p = src / "samples" / f"{split}_iter{it:05d}.png"
+            if p.exists():
+                shutil.copy2(p, tmp / "samples" / p.name)
+    (tmp / "compaction.json").write_text(json.dumps({
+        "source": str(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
+        "torn_lines_skipped": torn + torn_e, "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
+        "aggregation": "analysis.load_runs.aggregate_iterations (off-policy-step means)",
+        "dropped": ["checkpoint.pt", "metrics.jsonl (per optimizer step)", "intermediate sample grids", "tb/"]},
+        indent=2) + "\n")
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dir_size(dst)
+
+
+def round_significant(col: pd.Series, digits: int) -> pd.Series:
+    """Round a numeric column to `digits` significant digits (other columns unchanged)."""
+    if not pd.api.types.is_float_dtype(col):
+        return col
+    v = col.to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.floor(np.log10(np.abs(v)))
+    mag = np.where(np.isfinite(mag), mag, 0).astype(int)
+    return pd.Series([np.round(x, int(digits - 1 - m)) if np.isfinite(x) else x for x, m in zip(v, mag)],
+                     index=col.index, name=col.name)
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str]] = None,
+                  limit_bytes: int = STORE_LIMIT_BYTES) -> dict:
+    """Compact every raw run under `src_root` (or those in run_ids) into `dst_root`.
+
+    Returns {"runs": n, "bytes": store size, "skipped": [ids without a raw run]}; raises if the whole
+    store exceeds `limit_bytes` (fix: raise SIG_DIGITS' rounding or thin the eval grids)."""
+    src_root, dst_root = Path(src_root), Path(dst_root)
+    ids = list(run_ids) if run_ids is not None else sorted(
+        p.name for p in src_root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    done, skipped = [], []
+    for rid in ids:
+        if is_run_dir(src_root / rid) and (src_root / rid / "metrics.jsonl").exists():
+            compact_run(src_root / rid, dst_root / rid)
+            done.append(rid)
+        else:
+            skipped.append(rid)
+    size = dir_size(dst_root) if dst_root.exists() else 0
+    if size > limit_bytes:
+        raise RuntimeError(f"compact store {dst_root} is {size / 2**20:.1f} MiB > {limit_bytes / 2**20:.0f} MiB. "
+                           f"Fix: lower analysis.compact.SIG_DIGITS or keep fewer sample grids")
+    return {"runs": len(done), "bytes": size, "skipped": skipped}
