@@ -353,23 +353,52 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
         raise ValueError(f"family={family!r}: choose one of {FAMILIES}")
     torch_dtype = _DTYPES[dtype]
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if family == "sd3":
+        from diffusers import StableDiffusion3Pipeline as pipe_cls
+    elif family == "flux":
+        from diffusers import FluxPipeline as pipe_cls
+    else:
+        from diffusers import Flux2KleinPipeline as pipe_cls
+    pipe = pipe_cls.from_pretrained(model, dtype=torch_dtype)
+    pipe.to(device)
+    return policy_from_pipeline(pipe, family=family, resolution=resolution, lora_rank=lora_rank,
+                                lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+                                full_finetune=full_finetune, dtype=dtype, device=device,
+                                gradient_checkpointing=gradient_checkpointing,
+                                disable_cudnn_attention=disable_cudnn_attention,
+                                max_sequence_length=max_sequence_length, compile=compile,
+                                prompt_cache_size=prompt_cache_size, decode_batch_size=decode_batch_size,
+                                encode_batch_size=encode_batch_size)
+
+
+def policy_from_pipeline(pipe, *, family: Optional[str] = None, resolution: int = 512, lora_rank: int = 32,
+                         lora_alpha: float = 64, lora_target_modules: Sequence[str] | str | None = None,
+                         full_finetune: bool = False, dtype: str = "bfloat16", device=None,
+                         gradient_checkpointing: bool = False, disable_cudnn_attention: bool = False,
+                         max_sequence_length: Optional[int] = None, compile: bool = False,
+                         prompt_cache_size: int = 512, decode_batch_size: int = 8,
+                         encode_batch_size: int = 16) -> DiffusersPolicy:
+    """Wrap an already constructed pipeline (components on `device`, frozen weights in `dtype`) — what
+    load_diffusers_policy does after from_pretrained; also used by benchmarks/gpu_bench.py, which builds
+    full-size architectures with random weights directly on the GPU.  Arguments as load_diffusers_policy."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(_DTYPES)}")
+    family = family or PIPELINE_FAMILIES.get(type(pipe).__name__)
+    if family not in FAMILIES:
+        raise ValueError(f"{type(pipe).__name__} is not a supported pipeline; pass family= (one of {FAMILIES})")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if disable_cudnn_attention:
         torch.backends.cuda.enable_cudnn_sdp(False)
     if family == "sd3":
-        from diffusers import StableDiffusion3Pipeline as pipe_cls
         from .sd3 import SD3Policy as policy_cls
     elif family == "flux":
-        from diffusers import FluxPipeline as pipe_cls
         from .flux import FluxPolicy as policy_cls
     else:
-        from diffusers import Flux2KleinPipeline as pipe_cls
         from .flux import Flux2KleinPolicy as policy_cls
-    pipe = pipe_cls.from_pretrained(model, dtype=torch_dtype)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
     return policy_cls(pipe, resolution=resolution, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                      lora_target_modules=lora_target_modules, full_finetune=full_finetune, dtype=torch_dtype,
-                      device=device, gradient_checkpointing=gradient_checkpointing,
+                      lora_target_modules=lora_target_modules, full_finetune=full_finetune,
+                      dtype=_DTYPES[dtype], device=device, gradient_checkpointing=gradient_checkpointing,
                       max_sequence_length=max_sequence_length, compile=compile,
                       prompt_cache_size=prompt_cache_size, decode_batch_size=decode_batch_size,
                       encode_batch_size=encode_batch_size)
