@@ -170,13 +170,19 @@ def spawn_reward_server(reward: str, *, kwargs: Optional[dict] = None, port: int
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=child_env, text=True)
     timer = threading.Timer(startup_timeout, proc.kill)
     timer.start()
-    try:
-        line = proc.stdout.readline()   # "READY <url>" once the model is loaded and the socket listens
+    line = ""
+    try:   # skip whatever a scorer library prints; "READY <url>" comes once the socket listens
+        while not line.startswith("READY "):
+            line = proc.stdout.readline()
+            if not line:   # EOF: the child died
+                break
     finally:
         timer.cancel()
     if not line.startswith("READY "):
         proc.kill()
         raise RuntimeError(f"reward server {reward!r} did not start (exit code {proc.poll()}); see its stderr")
+    # keep draining the child's stdout (to our stderr) so a chatty scorer can never fill the pipe and block
+    threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stdout], daemon=True).start()
     return RemoteReward(line.split()[1], name=None, process=proc)
 
 
