@@ -61,33 +61,47 @@ def test_unknown_model_directory_fails_loudly(tmp_path):
         detect_family(str(tmp_path))
 
 
+def _ode_images(policy, x0, w, steps: int = 2):
+    """A `steps`-step Euler rollout through policy.velocity + flowdppo.sde on the pipeline's σ grid, decoded."""
+    sig = policy.sigma_schedule(steps)
+    cond = policy.encode_prompts(PROMPTS)
+    x = x0
+    with torch.no_grad():
+        for i in range(steps):
+            v = policy.velocity(x, float(sig[i]), cond, guidance_scale=w)
+            x = sde.step("ode", x=x, v=v, sigma=float(sig[i]), sigma_next=float(sig[i + 1]), eta=0.0).x_next
+        return policy.decode(x)
+
+
+def _pipeline_images(path, family, x0, w, max_sequence_length, lora_dir=None, steps: int = 2):
+    """The same generation by the plain diffusers pipeline (optionally with a saved LoRA loaded)."""
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    if lora_dir is not None:
+        pipe.load_lora_weights(str(lora_dir))
+    latents = x0
+    if family == "flux2_klein":  # this pipeline takes unpacked [B, C, h, w] latents and packs them itself
+        side = int(x0.shape[1] ** 0.5)
+        latents = x0.permute(0, 2, 1).reshape(x0.shape[0], -1, side, side)
+    with torch.no_grad():
+        out = pipe(prompt=PROMPTS, height=TINY_RESOLUTION, width=TINY_RESOLUTION, num_inference_steps=steps,
+                   guidance_scale=w, latents=latents, output_type="pt", max_sequence_length=max_sequence_length)
+    return out.images.float()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ode_rollout_reproduces_the_diffusers_pipeline(paths, family):
     """σ schedule, σ→timestep conversion, CFG / guidance embedding, packing and decoding all agree with
     the pipeline: a 2-step Euler rollout via flowdppo.sde gives the pipeline's images from the same noise."""
-    from diffusers import DiffusionPipeline
     policy = _load(paths[family], max_sequence_length=None)   # the pipeline's default text length
     assert isinstance(policy, Policy)
-    w = GUIDANCE[family]
-    x0 = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
     sig = policy.sigma_schedule(2)
     assert sig.shape == (3,) and sig[0] == 1.0 and sig[-1] == 0.0
-    cond = policy.encode_prompts(PROMPTS)
-    x = x0
-    with torch.no_grad():
-        for i in range(2):
-            v = policy.velocity(x, float(sig[i]), cond, guidance_scale=w)
-            x = sde.step("ode", x=x, v=v, sigma=float(sig[i]), sigma_next=float(sig[i + 1]), eta=0.0).x_next
-        ours = policy.decode(x)
-    pipe = DiffusionPipeline.from_pretrained(paths[family])
-    pipe.set_progress_bar_config(disable=True)
-    latents = x0
-    if family == "flux2_klein":  # this pipeline takes unpacked [B, C, h, w] latents and packs them itself
-        side = int(policy.latent_shape[0] ** 0.5)
-        latents = x0.permute(0, 2, 1).reshape(2, -1, side, side)
-    ref = pipe(prompt=PROMPTS, height=TINY_RESOLUTION, width=TINY_RESOLUTION, num_inference_steps=2,
-               guidance_scale=w, latents=latents, output_type="pt").images
-    torch.testing.assert_close(ours, ref.float(), rtol=0, atol=1e-4)
+    x0 = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    ours = _ode_images(policy, x0, GUIDANCE[family])
+    ref = _pipeline_images(paths[family], family, x0, GUIDANCE[family], policy.max_sequence_length)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -166,6 +180,13 @@ def test_lora_training_reference_and_state_roundtrip(paths, family, tmp_path):
                                    v_after, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="LoRA state mismatch"):
         fresh.load_trainable_state_dict({k: v for k, v in list(state.items())[1:]})
+
+    # the LoRA also works in a plain diffusers pipeline (evaluation / inference outside flowdppo)
+    policy.save_lora_for_diffusers(tmp_path / "lora_diffusers")
+    x0 = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(7))
+    ref = _pipeline_images(paths[family], family, x0, GUIDANCE[family], policy.max_sequence_length,
+                           lora_dir=tmp_path / "lora_diffusers")
+    torch.testing.assert_close(_ode_images(policy, x0, GUIDANCE[family]), ref, rtol=0, atol=1e-4)
 
 
 def test_full_finetune_reference_is_a_frozen_copy(paths):

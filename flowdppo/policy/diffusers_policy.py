@@ -315,6 +315,17 @@ class DiffusersPolicy:
                     raise ValueError(f"LoRA weight {k}: shape {tuple(v.shape)} != {tuple(params[k].shape)}")
                 params[k].copy_(v)
 
+    def save_lora_for_diffusers(self, directory) -> None:
+        """Write the LoRA in diffusers' format (pytorch_lora_weights.safetensors) so a plain pipeline can
+        use it: `pipe.load_lora_weights(directory)`.  LoRA policies only."""
+        if self.full_finetune:
+            raise ValueError("save_lora_for_diffusers needs a LoRA policy; for full fine-tuning save "
+                             "pipe.transformer with save_pretrained")
+        from peft import get_peft_model_state_dict
+        config = self._core.peft_config["default"].to_dict()   # r, lora_alpha, targets: the scaling α/r
+        type(self.pipe).save_lora_weights(str(directory), transformer_lora_layers=get_peft_model_state_dict(self._core),
+                                          transformer_lora_adapter_metadata=config)
+
     @staticmethod
     def _peft_key(param_name: str) -> str:
         """'…to_q.lora_A.default.weight' → '…to_q.lora_A.weight' (peft's saved naming)."""
