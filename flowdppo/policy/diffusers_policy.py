@@ -26,7 +26,13 @@ What the base class guarantees (the Policy protocol, flowdppo/policy/base.py):
 
 Extra (not in the protocol): `sigma_schedule(num_steps)` gives the pipeline's own σ grid (its scheduler
 shift / resolution-dependent shift) so rollouts can match the diffusers sampler; `wrap_transformer(fn)`
-lets a trainer wrap the transformer (DDP, FSDP) while LoRA toggling keeps acting on the bare module.
+lets a trainer wrap the transformer (DDP, FSDP) while LoRA toggling keeps acting on the bare module;
+`save_lora_for_diffusers(dir)` writes the LoRA so a plain pipeline can `load_lora_weights(dir)`;
+`policy_from_pipeline(pipe, …)` wraps an already built pipeline (the benchmark's random full-size ones).
+
+Costs to know: with torch.compile, the first reference() forward recompiles (adapter toggling changes
+the graph); "uncond_" entries are expanded views, but the trainer's cond_repeat materialises them — for
+FLUX.2-klein-9B at 512 tokens that is ~12.6 MB per sample and per (un)conditional entry.
 """
 from __future__ import annotations
 
