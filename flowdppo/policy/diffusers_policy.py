@@ -85,7 +85,7 @@ class DiffusersPolicy:
     default_max_sequence_length: int = 256
     default_lora_targets: Sequence[str] | str = ()
 
-    def __init__(self, pipe, *, resolution: int, lora_rank: int, lora_alpha: float,
+    def __init__(self, pipe, *, resolution: int, lora_rank: int, lora_alpha: Optional[float],
                  lora_target_modules: Sequence[str] | str | None, full_finetune: bool, dtype: torch.dtype,
                  device: torch.device, gradient_checkpointing: bool, max_sequence_length: Optional[int],
                  compile: bool, prompt_cache_size: int, decode_batch_size: int, encode_batch_size: int):
@@ -133,6 +133,7 @@ class DiffusersPolicy:
         if rank < 1:
             raise ValueError(f"lora_rank={rank} must be >= 1 (or set full_finetune=True)")
         targets = self.default_lora_targets if targets is None else targets
+        alpha = 2 * rank if alpha is None else alpha   # None: the paper's α = 2r
         if isinstance(targets, (list, tuple)):
             targets = list(targets)
         config = LoraConfig(r=int(rank), lora_alpha=float(alpha), init_lora_weights="gaussian",
@@ -339,7 +340,7 @@ class DiffusersPolicy:
 
 
 def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolution: int = 512,
-                          lora_rank: int = 32, lora_alpha: float = 64,
+                          lora_rank: int = 32, lora_alpha: Optional[float] = 64,
                           lora_target_modules: Sequence[str] | str | None = None, full_finetune: bool = False,
                           dtype: str = "bfloat16", device=None, gradient_checkpointing: bool = False,
                           disable_cudnn_attention: bool = False, max_sequence_length: Optional[int] = None,
@@ -350,7 +351,7 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
     model:                hub id ("stabilityai/stable-diffusion-3.5-medium") or a save_pretrained directory.
     family:               "sd3" | "flux" | "flux2_klein"; None reads model_index.json.
     resolution:           image side in pixels (square); fixes latent_shape.
-    lora_rank/alpha:      LoRA r and α (paper: r32/α64 SD3.5, r64/α128 FLUX).
+    lora_rank/alpha:      LoRA r and α (paper: r32/α64 SD3.5, r64/α128 FLUX); alpha None = 2·rank.
     lora_target_modules:  peft target_modules (list of name suffixes or one regex); None = family default.
     full_finetune:        train all transformer weights; reference = a frozen copy (memory: see module doc).
     dtype:                "bfloat16" (frozen weights bf16, bf16 autocast, fp32 trainable weights) or "float32".
@@ -389,7 +390,7 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
 
 
 def policy_from_pipeline(pipe, *, family: Optional[str] = None, resolution: int = 512, lora_rank: int = 32,
-                         lora_alpha: float = 64, lora_target_modules: Sequence[str] | str | None = None,
+                         lora_alpha: Optional[float] = 64, lora_target_modules: Sequence[str] | str | None = None,
                          full_finetune: bool = False, dtype: str = "bfloat16", device=None,
                          gradient_checkpointing: bool = False, disable_cudnn_attention: bool = False,
                          max_sequence_length: Optional[int] = None, compile: bool = False,
