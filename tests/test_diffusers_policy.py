@@ -316,3 +316,9 @@ def test_paper_configs_load_and_their_flux_shift_is_the_pipeline_grid(paths):
         assert policy.latent_shape[0] == 1024
         torch.testing.assert_close(policy.sigma_schedule(cfg.num_steps), sde.shifted_sigmas(cfg.num_steps, cfg.shift),
                                    rtol=0, atol=2e-5)
+
+
+def test_lora_alpha_none_means_twice_the_rank(paths):
+    policy = _load(paths["flux"], lora_rank=3, lora_alpha=None)
+    cfg = policy.pipe.transformer.peft_config["default"]
+    assert cfg.r == 3 and cfg.lora_alpha == 6
