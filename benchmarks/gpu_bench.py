@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT / "tests"))   # _tiny_pipelines: tiny builders and o
 
 from flowdppo.config import make_config  # noqa: E402
 from flowdppo.dist import DistInfo  # noqa: E402
-from flowdppo.policy.base import cond_repeat  # noqa: E402
 from flowdppo.policy.diffusers_policy import load_diffusers_policy, policy_from_pipeline  # noqa: E402
 from flowdppo.prompts import PromptItem  # noqa: E402
 from flowdppo.rollout import rollout  # noqa: E402
@@ -185,7 +184,9 @@ class Bench:
     def __init__(self, policy, recipe: Recipe, device: torch.device, loss: str = "flow_dppo"):
         self.policy, self.r, self.device = policy, recipe, device
         self.items = [PromptItem(PROMPT)] * recipe.group
-        self.cond = cond_repeat(policy.encode_prompts([PROMPT]), recipe.group)
+        self.cond = policy.encode_prompts([PROMPT])  # one row per prompt; row_prompt maps samples to it
+        self.row_prompt = torch.zeros(recipe.group, dtype=torch.long, device=device)
+        self.cond_full = {k: v.repeat_interleave(recipe.group, dim=0) for k, v in self.cond.items()}  # pipeline/bare
         self.sigmas = policy.sigma_schedule(recipe.num_steps)
         self.params = policy.trainable_parameters()
         self.opt = torch.optim.AdamW(self.params, lr=1e-7, betas=(0.9, 0.999), weight_decay=1e-4)
@@ -208,7 +209,7 @@ class Bench:
     # -- the trainer's code paths ---------------------------------------------------------------------
     def rollout(self, chunks=None, want_ref: bool = False):
         self.iteration += 1
-        self.traj = rollout(self.policy, self.cond, self.items, sigmas=self.sigmas, sde_indices=list(self.r.sde_indices),
+        self.traj = rollout(self.policy, self.cond, self.row_prompt, self.items, sigmas=self.sigmas, sde_indices=list(self.r.sde_indices),
                             kernel="flow_sde", eta=self.r.eta, guidance_scale=self.r.guidance_scale, seed=0,
                             iteration=self.iteration, global_indices=list(range(self.r.group)),
                             chunks=chunks or self.chunks, want_ref=want_ref,
@@ -231,10 +232,10 @@ class Bench:
     # -- the plain diffusers pipeline on the same transformer (LoRA included) -------------------------
     def pipeline_call(self):
         pipe, r = self.policy.pipe, self.r
-        kw = dict(prompt_embeds=self.cond["prompt_embeds"], num_inference_steps=r.num_steps,
+        kw = dict(prompt_embeds=self.cond_full["prompt_embeds"], num_inference_steps=r.num_steps,
                   guidance_scale=r.guidance_scale, height=r.resolution, width=r.resolution, output_type="pt")
-        if "pooled" in self.cond:
-            kw["pooled_prompt_embeds"] = self.cond["pooled"]
+        if "pooled" in self.cond_full:
+            kw["pooled_prompt_embeds"] = self.cond_full["pooled"]
         with torch.no_grad():
             pipe(**kw)
 
@@ -245,7 +246,7 @@ class Bench:
         b = r.group
         x = torch.randn(b, *p.latent_shape, device=self.device, dtype=p.compute_dtype)
         t = torch.full((b,), 500.0, device=self.device)
-        emb, pooled = self.cond["prompt_embeds"], self.cond["pooled"]
+        emb, pooled = self.cond_full["prompt_embeds"], self.cond_full["pooled"]
 
         def call(rows):
             return tr(hidden_states=x[rows], timestep=t[rows], encoder_hidden_states=emb[rows],

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -69,7 +69,8 @@ class Config:
     num_steps: int = 10
     """Denoising steps K of the rollout."""
     shift: float = 1.0
-    """Static σ-schedule shift (SD3.5 uses 3.0); 1.0 = linear σ grid."""
+    """Static σ-schedule shift for policies without their own scheduler (the embedded world); 1.0 = linear
+    σ grid.  Diffusers pipelines use their scheduler's grid (SD3.5: shift 3; FLUX: resolution-dependent)."""
     eta: float = 0.7
     """Noise level η: Flow-SDE/Dance pre-factor; CPS angle ηπ/2 (must be in (0, 1] for CPS)."""
     sde_steps_per_traj: int = 3
@@ -77,7 +78,8 @@ class Config:
     sde_window: tuple[float, float] = (0.0, 0.5)
     """Fraction [start, end) of the denoising steps the SDE steps are drawn from (paper: first half)."""
     guidance_scale: float = 1.0
-    """CFG scale in rollout AND training (1 = no CFG, the paper's default)."""
+    """CFG scale in rollout AND training (1 = no CFG, the paper's default).  For guidance-distilled FLUX.1-dev
+    it is the value fed to the guidance embedding (one forward), not true CFG."""
 
     # --- policy loss ----------------------------------------------------------------------------------
     loss: LossName = "flow_dppo"

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import sde
 from .policy.base import cond_repeat
 from .prompts import PromptItem
 from .rollout import derive_seed, sample_ode
@@ -40,7 +39,8 @@ def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[Promp
     """Metrics and images ([N·S, C, H, W], prompt-major) for one split under the pinned regime."""
     per = cfg.eval_samples_per_prompt
     cond = cond_repeat(policy.encode_prompts([it.text for it in items]), per)
-    latents = sample_ode(policy, cond, sigmas=sde.shifted_sigmas(cfg.eval_num_steps, cfg.shift),
+    from .trainer import sigma_grid
+    latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift),
                          guidance_scale=cfg.eval_guidance_scale,
                          generators=eval_generators(cfg.eval_seed, len(items), per))
     images = policy.decode(latents).float().clamp(0, 1)

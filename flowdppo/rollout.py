@@ -41,9 +41,12 @@ class Trajectory:
     """A rollout batch.  B samples, T trained steps, latent shape L.
 
     x, x_next, old_mean, ref_mean: [B, T, *L] (fp32 anchors); std, old_logp_*: [B, T];
-    final: [B, *L] the generated latents; sigmas: [K+1] fp64 grid; sde_indices: T step indices."""
+    final: [B, *L] the generated latents; sigmas: [K+1] fp64 grid; sde_indices: T step indices.
+    cond holds one row per PROMPT and row_prompt [B] maps samples to it, so a group's G samples share one
+    copy of the (possibly large) text embeddings; `cond_rows` gathers them per micro-batch."""
     items: list[PromptItem]
     cond: Cond
+    row_prompt: Tensor
     sigmas: Tensor
     sde_indices: list[int]
     x: Tensor
@@ -54,6 +57,9 @@ class Trajectory:
     old_logp_sum: Tensor
     ref_mean: Optional[Tensor]
     final: Tensor
+
+    def cond_rows(self, idx: Tensor) -> Cond:
+        return cond_index(self.cond, self.row_prompt[idx])
 
     def std_at(self, idx, t: int) -> Tensor:
         """Std of trained step t for rows idx, shaped [b, 1, …] to broadcast over the latent."""
@@ -75,13 +81,15 @@ def _randn(gens: list[torch.Generator], shape: tuple[int, ...], device) -> Tenso
 
 
 @torch.no_grad()
-def rollout(policy: Policy, cond: Cond, items: list[PromptItem], *, sigmas: Tensor, sde_indices: list[int],
+def rollout(policy: Policy, cond: Cond, row_prompt: Tensor, items: list[PromptItem], *, sigmas: Tensor,
+            sde_indices: list[int],
             kernel: str, eta: float, guidance_scale: float, seed: int, iteration: int,
             global_indices: Sequence[int], chunks: Sequence[Sequence[int]], want_ref: bool = False,
             ref_guidance_scale: float = 1.0) -> Trajectory:
     """Sample one batch of trajectories.
 
-    cond/items: B rows (local to this rank); global_indices[b]: global sample index of row b (seeds its
+    cond: one row per prompt; row_prompt [B]: the prompt row of each sample; items: B samples (local to this
+    rank); global_indices[b]: global sample index of row b (seeds its
     noise); chunks: row-index lists whose forwards run together — the trainer passes its epoch-0
     micro-batches so the first update replays the exact same forward geometry (ratio ≡ 1, anchors F6).
     """
@@ -101,7 +109,7 @@ def rollout(policy: Policy, cond: Cond, items: list[PromptItem], *, sigmas: Tens
     final = torch.empty(b_total, *shape, **f32)
     for rows in chunks:
         idx = torch.as_tensor(list(rows), device=device, dtype=torch.long)
-        c = cond_index(cond, idx)
+        c = cond_index(cond, row_prompt[idx])
         x = x0[idx]
         for k in range(len(sigmas) - 1):
             s, s_next = float(sigmas[k]), float(sigmas[k + 1])
@@ -121,7 +129,7 @@ def rollout(policy: Policy, cond: Cond, items: list[PromptItem], *, sigmas: Tens
             else:
                 x = sde.step("ode", x=x, v=v, sigma=s, sigma_next=s_next, eta=0.0).x_next
         final[idx] = x
-    return Trajectory(items=items, cond=cond, sigmas=sigmas, sde_indices=list(sde_indices), x=out["x"],
+    return Trajectory(items=items, cond=cond, row_prompt=row_prompt, sigmas=sigmas, sde_indices=list(sde_indices), x=out["x"],
                       x_next=out["x_next"], old_mean=out["old_mean"], std=out["std"],
                       old_logp_per_dim=out["lp_d"], old_logp_sum=out["lp_s"], ref_mean=ref_mean, final=final)
 

@@ -26,7 +26,7 @@ from . import dist, losses, sde
 from .advantages import gdpo_advantages, group_advantages
 from .config import Config, config_diff, make_config
 from .divergence import gaussian_kl
-from .policy.base import Policy, cond_index, cond_repeat, sigma_batch
+from .policy.base import Policy, sigma_batch
 from .prompts import PromptItem
 from .rewards.base import Reward, check_scores
 from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
@@ -58,15 +58,16 @@ def build_components(cfg: Config) -> Components:
     if cfg.model == "embedded":
         from . import world
         policy = world.load_policy(checkpoint=cfg.checkpoint or None, lora_rank=cfg.lora_rank,
-                                   lora_alpha=cfg.lora_alpha, device=cfg.device)
+                                   lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, device=cfg.device)
         evaluate = world.evaluate_images
     else:
         from .policy.diffusers_policy import load_diffusers_policy
         policy = load_diffusers_policy(
             cfg.model, family=cfg.model_family, resolution=cfg.resolution, lora_rank=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha, full_finetune=cfg.lora_rank == 0, dtype=cfg.dtype,
+            lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, full_finetune=cfg.lora_rank == 0, dtype=cfg.dtype,
             device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
-            disable_cudnn_attention=cfg.disable_cudnn_attention)
+            disable_cudnn_attention=cfg.disable_cudnn_attention,
+            encode_batch_size=1)  # one prompt per text-encoder call: embeddings independent of batch mates
         evaluate = None
     if cfg.prompts == "embedded":
         from . import world
@@ -76,6 +77,13 @@ def build_components(cfg: Config) -> Components:
         splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
     rewards = {name: make_reward(name) for name in cfg.rewards}
     return Components(policy=policy, splits=splits, rewards=rewards, evaluate_images=evaluate)
+
+
+def sigma_grid(policy: Policy, num_steps: int, shift: float) -> Tensor:
+    """The σ grid [1, …, 0] (num_steps + 1 points): the policy's own scheduler grid when it has one
+    (diffusers pipelines: SD3's static shift, FLUX's resolution-dependent shift), else `shifted_sigmas`."""
+    own = getattr(policy, "sigma_schedule", None)
+    return own(num_steps) if own is not None else sde.shifted_sigmas(num_steps, shift)
 
 
 def minibatch_assignment(n_local: int, num_minibatches: int, *, seed: int, iteration: int, epoch: int,
@@ -172,7 +180,7 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     loss_sum = torch.zeros(()); pol_sum = torch.zeros(()); ref_sum = torch.zeros(())
     for micro in split_micro(rows, cfg.micro_size):
         idx = torch.as_tensor(micro, dtype=torch.long, device=traj.x.device)
-        cond = cond_index(traj.cond, idx)
+        cond = traj.cond_rows(idx)
         a = adv[idx]
         for t, k in enumerate(traj.sde_indices):
             s, s_next = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
@@ -297,6 +305,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         raise ValueError(f"{run_dir} already holds a run. Fix: `flowdppo train --resume {run_dir}` to continue it,"
                          f" or choose another run_dir")
 
+    torch.manual_seed(cfg.seed)  # the only global-RNG use: LoRA initialisation when building the policy
     comps = components or build_components(cfg)
     policy = comps.policy
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
@@ -305,7 +314,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
     loss_fn = policy_loss_fn(cfg)
     latent_dim = int(torch.tensor(policy.latent_shape).prod())
     train_items = comps.splits["train"]
-    sigmas = sde.shifted_sigmas(cfg.num_steps, cfg.shift)
+    sigmas = sigma_grid(policy, cfg.num_steps, cfg.shift)
     pool = cfg.sde_indices_pool()
     if cfg.batch_size % info.world_size or (cfg.batch_size // info.world_size) % cfg.num_minibatches:
         raise ValueError(f"config.prompts_per_iter: batch {cfg.batch_size} must split evenly over {info.world_size} "
@@ -344,6 +353,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
     first_global = info.rank * b_local
     global_rows = list(range(first_global, first_global + b_local))
 
+    want_ref = cfg.beta > 0 or cfg.log_ref_kl
     bar = _progress(cfg, info, start_iter)
     for it in range(start_iter, cfg.iterations):
         if cfg.eval_every and it % cfg.eval_every == 0 and info.is_main:
@@ -355,14 +365,17 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
             chosen = (chosen * cfg.prompts_per_iter)[: cfg.prompts_per_iter]
         mine = chosen[info.rank * p_local:(info.rank + 1) * p_local]
         items = [train_items[i] for i in mine for _ in range(cfg.group_size)]
-        cond = cond_repeat(policy.encode_prompts([train_items[i].text for i in mine]), cfg.group_size)
+        cond = policy.encode_prompts([train_items[i].text for i in mine])   # one row per prompt
+        needs_uncond = cfg.guidance_scale != 1 or (want_ref and cfg.ref_guidance_scale != 1)
+        if not needs_uncond:  # unconditional embeddings unused: don't carry them
+            cond = {k: v for k, v in cond.items() if not k.startswith("uncond_")}
+        row_prompt = torch.arange(p_local, device=next(iter(cond.values())).device).repeat_interleave(cfg.group_size)
         sde_idx = choose_sde_indices(pool, cfg.sde_steps_per_traj,
                                      torch.Generator().manual_seed(derive_seed(cfg.seed, it, _SDE_IDX)))
         epoch0 = minibatch_assignment(b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=0,
                                       first_global=first_global)
         chunks = [m for mb in epoch0 for m in split_micro(mb, cfg.micro_size)]
-        want_ref = cfg.beta > 0 or cfg.log_ref_kl
-        traj = rollout(policy, cond, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel, eta=cfg.eta,
+        traj = rollout(policy, cond, row_prompt, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel, eta=cfg.eta,
                        guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE), iteration=it,
                        global_indices=global_rows, chunks=chunks, want_ref=want_ref,
                        ref_guidance_scale=cfg.ref_guidance_scale)

@@ -16,7 +16,6 @@ from flowdppo import sde
 from flowdppo.config import make_config
 from flowdppo.losses import POLICY_LOSSES
 from flowdppo.metrics import undocumented_step_keys
-from flowdppo.policy.base import cond_repeat
 from flowdppo.rollout import rollout
 from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import Components, minibatch_assignment, policy_loss_fn, train, update_minibatch
@@ -58,9 +57,9 @@ def test_first_update_is_exactly_on_policy(tmp_path, loss, kernel):
 def _toy_rollout(chunks, kernel="flow_sde", comps=None):
     comps = comps or toy_components()
     items = comps.splits["train"][:4]
-    cond = cond_repeat(comps.policy.encode_prompts([i.text for i in items]), 4)
+    cond = comps.policy.encode_prompts([i.text for i in items])
     rep = [i for i in items for _ in range(4)]
-    traj = rollout(comps.policy, cond, rep, sigmas=sde.shifted_sigmas(6), sde_indices=[0, 2], kernel=kernel,
+    traj = rollout(comps.policy, cond, torch.arange(4).repeat_interleave(4), rep, sigmas=sde.shifted_sigmas(6), sde_indices=[0, 2], kernel=kernel,
                    eta=0.7, guidance_scale=1.0, seed=3, iteration=0, global_indices=list(range(16)), chunks=chunks)
     return comps, traj
 
@@ -73,7 +72,7 @@ def test_rollout_logp_equals_replay_logp():
     assert torch.allclose(traj.final, traj2.final, atol=1e-6)
     for t, k in enumerate(traj.sde_indices):
         s, sn = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
-        v = comps.policy.velocity(traj.x[:, t], torch.full((16,), s), traj.cond)
+        v = comps.policy.velocity(traj.x[:, t], torch.full((16,), s), traj.cond_rows(torch.arange(16)))
         st = sde.step("flow_sde", x=traj.x[:, t], v=v, sigma=s, sigma_next=sn, eta=0.7, x_next=traj.x_next[:, t])
         assert torch.equal(st.logp_per_dim, traj.old_logp_per_dim[:, t])
         assert torch.equal(st.mean, traj.old_mean[:, t])
