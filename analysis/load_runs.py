@@ -135,6 +135,42 @@ class Run:
         """Iterations whose updates are logged (0 if none)."""
         return int(self.iters["iteration"].max()) + 1 if len(self.iters) else 0
 
+    @property
+    def partial(self) -> bool:
+        """Fewer iterations logged than its config asks for (killed, or still running)."""
+        return self.done_iterations < int(self.config.get("iterations", 0))
+
+    def series(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(iterations, values) of an iteration column (NaN where absent)."""
+        if column not in self.iters:
+            return self.iters.get("iteration", pd.Series(dtype=float)).to_numpy(float), \
+                np.full(len(self.iters), np.nan)
+        return self.iters["iteration"].to_numpy(float), self.iters[column].to_numpy(float)
+
+    def eval_series(self, metric: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """(iterations, values) of an evaluation metric on one split."""
+        if self.evals.empty or metric not in self.evals:
+            return np.array([]), np.array([])
+        e = self.evals[self.evals["split"] == split].sort_values("iteration")
+        return e["iteration"].to_numpy(float), e[metric].to_numpy(float)
+
+    def final_eval(self, metric: str, split: str = "test") -> float:
+        """The metric at the last evaluation (end of training for a complete run)."""
+        _, v = self.eval_series(metric, split)
+        return float(v[-1]) if v.size else np.nan
+
+    def initial_eval(self, metric: str, split: str = "test") -> float:
+        """The metric at iteration 0 (the base model under this run's evaluation regime)."""
+        it, v = self.eval_series(metric, split)
+        return float(v[it == 0][0]) if np.any(it == 0) else np.nan
+
+    def cpu_hours_before(self, iterations: np.ndarray) -> np.ndarray:
+        """Logged compute (rollout + reward + update, this run's threads) spent before each iteration."""
+        if self.iters.empty:
+            return np.full(len(iterations), np.nan)
+        cum = dict(zip(self.iters["iteration"].astype(int), self.iters["cpu_hours"]))
+        return np.array([0.0 if i == 0 else cum.get(int(i) - 1, np.nan) for i in iterations])
+
     def sample_grid(self, split: str, iteration: Optional[int] = None) -> Optional[Path]:
         """samples/<split>_iterNNNNN.png at `iteration` (None = the last one present)."""
         d = self.path / "samples"

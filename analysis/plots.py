@@ -115,7 +115,7 @@ def histograms(ax, samples: dict[str, np.ndarray], *, bins: int = 30, log: bool 
         edges = np.linspace(allv.min(), allv.max() + 1e-12, bins + 1)
     for k, v in clean.items():
         if v.size:
-            ax.hist(v, bins=edges, histtype="step", linewidth=1.3, color=(colors or {}).get(k), label=f"{k} ({v.size})")
+            ax.hist(v, bins=edges, histtype="step", linewidth=1.3, color=(colors or {}).get(k), label=k)
     return ax
 
 

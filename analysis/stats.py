@@ -162,6 +162,14 @@ def combine(verdicts: Iterable[str]) -> str:
     return INCONCLUSIVE
 
 
+def any_better_none_worse(verdicts: Iterable[str]) -> str:
+    """A comparison over several endpoints: supported if one part is and none is not supported."""
+    v = list(verdicts)
+    if any(x == NOT_SUPPORTED for x in v):
+        return NOT_SUPPORTED
+    return SUPPORTED if any(x == SUPPORTED for x in v) else INCONCLUSIVE
+
+
 def ratio_of_means(num: np.ndarray, den: np.ndarray) -> float:
     """Σ num / Σ den over finite pairs (a pooled fraction, e.g. mask firings per sign-matched sample)."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)

@@ -1,0 +1,258 @@
+"""analysis/: log loading (torn last line), statistics against hand-computed values, the registry's
+invariants, compaction round trip, plot smoke tests and make_figures end to end on FIXTURE runs.
+
+Fixture runs are real trainer runs (flowdppo.trainer.train) of the toy policy (tests/_toy.py) under the
+registry's run ids and config overrides, scaled down (FIXTURE_BASE), with the world's reward and metric
+NAMES computed by toy stand-ins so every figure finds its keys."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from analysis import compact, experiments, load_runs, plots, stats  # noqa: E402
+from flowdppo.config import make_config  # noqa: E402
+from flowdppo.evaluation import within_prompt_diversity  # noqa: E402
+from flowdppo.trainer import Components, train  # noqa: E402
+from _toy import BrightnessReward, toy_components  # noqa: E402
+
+FIXTURE_BASE = {**experiments.BASE, "iterations": 6, "prompts_per_iter": 4, "group_size": 4, "num_minibatches": 2,
+                "num_steps": 6, "sde_steps_per_traj": 2, "eval_every": 3, "eval_prompts": 4,
+                "eval_samples_per_prompt": 2, "checkpoint_every": 3, "threads": 1, "progress": False}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixture runs
+# ---------------------------------------------------------------------------------------------------
+class _Scaled:
+    """A toy reward with a world reward's name and range: f(brightness closeness)."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn, self.base = name, fn, BrightnessReward()
+
+    def __call__(self, images, items):
+        return self.fn(self.base(images, items), images).float()
+
+
+def _world_like_rewards():
+    return {"tifa": _Scaled("tifa", lambda b, im: torch.exp(4 * b)),
+            "agreement": _Scaled("agreement", lambda b, im: 1 + b),
+            "realism": _Scaled("realism", lambda b, im: -1 + 0.5 * b - im.flatten(1).std(1)),
+            "ink": _Scaled("ink", lambda b, im: im.flatten(1).mean(1))}
+
+
+def _world_like_eval(images, items, group_size):
+    r = {k: float(fn(images, items).mean()) for k, fn in _world_like_rewards().items()}
+    r["accuracy"] = float((_world_like_rewards()["tifa"](images, items) > 0.8).float().mean())
+    r["fid"] = float(images.mean() * 10)
+    r["diversity"] = within_prompt_diversity(images, group_size)
+    return r
+
+
+def fixture_components(reward_names) -> Components:
+    comps = toy_components()
+    every = _world_like_rewards()
+    return Components(policy=comps.policy, splits=comps.splits, rewards={n: every[n] for n in reward_names},
+                      evaluate_images=_world_like_eval)
+
+
+def _cli_value(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def make_fixture_runs(root: Path, specs, base=FIXTURE_BASE) -> list[Path]:
+    """Train each RunSpec with the toy policy under root/<run_id> (in-process, ~0.3 s a run)."""
+    out = []
+    for spec in specs:
+        fields = spec.config_overrides(base)
+        cfg = make_config({}, [f"{k}={_cli_value(v)}" for k, v in fields.items()] + [f"run_dir={root / spec.run_id}"])
+        torch.manual_seed(0)
+        out.append(train(cfg, components=fixture_components(cfg.rewards)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    """Seeds 0 and 1 of Figs 2/7/9, 3 and C7 (other figures stay missing on purpose)."""
+    root = tmp_path_factory.mktemp("runs")
+    reg = experiments.registry(seeds=(0, 1))
+    specs = experiments.all_runs(reg, only=["fig2", "fig3", "c7"])
+    make_fixture_runs(root, specs)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------
+# Log loading
+# ---------------------------------------------------------------------------------------------------
+def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
+    records, torn = load_runs.read_jsonl(p)
+    assert records == [{"a": 1}, {"a": 2}] and torn == 1
+    p.write_text('{"a": 1}\n{"a": oops}\n{"a": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        load_runs.read_jsonl(p)
+
+
+def _step(it, epoch, mb, **kw):
+    rec = {"iteration": it, "epoch": epoch, "minibatch": mb, "opt_step": 0, "sde_indices": [0, 2],
+           "time/step_s": 1.0, "time/rollout_s": 5.0, "time/reward_s": 1.0, "reward/tifa_mean": 0.5 + it,
+           "ref_kl_per_dim": 0.1 * it, "loss": 1.0, "grad_norm": 2.0}
+    rec.update(kw)
+    return rec
+
+
+def test_aggregate_iterations_uses_off_policy_steps():
+    """The on-policy first step (KL 0, r 1) is excluded from trust-region means; max keeps the max."""
+    recs = [_step(0, 0, 0, kl_per_dim_mean=0.0, kl_per_dim_max=0.0, loss=3.0,
+                  per_step={"0": {"kept": 1.0}, "2": {"kept": 1.0}}),
+            _step(0, 0, 1, kl_per_dim_mean=2e-4, kl_per_dim_max=5e-4, per_step={"0": {"kept": 0.5}, "2": {"kept": 0.9}}),
+            _step(0, 1, 0, kl_per_dim_mean=4e-4, kl_per_dim_max=9e-4, per_step={"0": {"kept": 0.3}, "2": {"kept": 0.7}}),
+            _step(1, 0, 0, kl_per_dim_mean=0.0, kl_per_dim_max=0.0)]
+    df = load_runs.add_derived(load_runs.aggregate_iterations(recs))
+    row = df.iloc[0]
+    assert row["n_opt_steps"] == 3 and row["n_off_policy_steps"] == 2
+    assert row["kl_per_dim_mean"] == pytest.approx(3e-4) and row["kl_per_dim_max"] == 9e-4
+    assert row["per_step.0.kept"] == pytest.approx(0.4) and row["per_step.2.kept"] == pytest.approx(0.8)
+    assert row["loss"] == pytest.approx(5 / 3)            # all steps
+    assert row["reward/tifa_mean"] == 0.5 and row["sde_indices"] == "0;2"
+    assert row["time/update_s"] == 3.0 and row["time/iter_s"] == 9.0
+    assert df.iloc[1]["cpu_hours"] == pytest.approx((9.0 + 7.0) / 3600)
+    assert math.isnan(df.iloc[1]["kl_per_dim_mean"])      # no off-policy step in iteration 1
+
+
+def test_load_run_tolerates_a_truncated_metrics_line(fixture_root, tmp_path):
+    src = fixture_root / "single-flow_dppo-s0"
+    dst = tmp_path / "cut"
+    dst.mkdir()
+    for name in ("config.json", "run.json", "eval.jsonl"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    text = (src / "metrics.jsonl").read_text()
+    (dst / "metrics.jsonl").write_text(text[: len(text) - 40])   # torn in the middle of the last record
+    full, cut = load_runs.load_run(src), load_runs.load_run(dst)
+    assert cut.torn_lines == 1 and full.torn_lines == 0
+    n_lines = text.count("\n")
+    assert sum(cut.iters["n_opt_steps"]) == n_lines - 1
+
+
+def test_load_runs_lists_missing(fixture_root):
+    rs = load_runs.load_runs(fixture_root, ["single-flow_dppo-s0", "nope-s0"])
+    assert list(rs.runs) == ["single-flow_dppo-s0"] and rs.missing == ["nope-s0"]
+    assert rs.get("single-flow_dppo-s0").latent_dim == 16
+    assert set(rs.evals()["split"]) == {"test", "ood"}
+
+
+def test_compaction_round_trip_is_the_same_table(fixture_root, tmp_path):
+    rid = "single-flow_dppo-s0"
+    info = compact.compact_store(fixture_root, tmp_path / "store", [rid, "absent-s0"])
+    assert info["runs"] == 1 and info["skipped"] == ["absent-s0"] and 0 < info["bytes"] < 100_000
+    raw, small = load_runs.load_run(fixture_root / rid), load_runs.load_run(tmp_path / "store" / rid)
+    assert small.compact and not raw.compact
+    assert not (tmp_path / "store" / rid / "checkpoint.pt").exists()
+    cols = [c for c in raw.iters.columns if c != "sde_indices"]
+    np.testing.assert_allclose(small.iters[cols].to_numpy(float), raw.iters[cols].to_numpy(float), rtol=1e-3,
+                               atol=1e-12)
+    np.testing.assert_allclose(small.iters["ratio_mean"] - 1, raw.iters["ratio_mean"] - 1, rtol=1e-3, atol=1e-9)
+    assert sorted(p.name for p in (tmp_path / "store" / rid / "samples").iterdir()) == \
+        ["ood_iter00000.png", "ood_iter00006.png", "test_iter00000.png", "test_iter00006.png"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics against hand-computed values
+# ---------------------------------------------------------------------------------------------------
+def test_t_interval_hand_computed():
+    ci = stats.t_interval([1.0, 2.0, 3.0])
+    # s = 1, se = 1/√3, t_{0.975, 2} = 4.302652729911275
+    half = 4.302652729911275 / math.sqrt(3)
+    assert ci.mean == 2.0 and ci.n == 3
+    assert ci.lo == pytest.approx(2 - half) and ci.hi == pytest.approx(2 + half)
+    one = stats.t_interval([5.0, float("nan")])
+    assert one.n == 1 and one.mean == 5.0 and math.isnan(one.lo)
+
+
+def test_paired_difference_and_verdicts():
+    a, b = {0: 3.0, 1: 4.0, 2: 5.0, 7: 100.0}, {0: 1.0, 1: 2.0, 2: 2.0}
+    d = stats.paired_difference(a, b)          # per-seed differences 2, 2, 3 (seed 7 unpaired)
+    assert d.n == 3 and d.mean == pytest.approx(7 / 3)
+    sd = np.std([2, 2, 3], ddof=1)
+    assert d.lo == pytest.approx(7 / 3 - 4.302652729911275 * sd / math.sqrt(3))
+    assert stats.verdict(d) == stats.SUPPORTED
+    assert stats.verdict(stats.Interval(-1, -2, -0.5, 3)) == stats.NOT_SUPPORTED
+    assert stats.verdict(stats.Interval(0.1, -0.2, 0.4, 3)) == stats.INCONCLUSIVE
+    assert stats.verdict(stats.Interval(1, float("nan"), float("nan"), 1)) == stats.INCONCLUSIVE
+    assert stats.combine([stats.SUPPORTED, stats.SUPPORTED]) == stats.SUPPORTED
+    assert stats.combine([stats.SUPPORTED, stats.INCONCLUSIVE]) == stats.INCONCLUSIVE
+    assert stats.combine([stats.INCONCLUSIVE, stats.NOT_SUPPORTED]) == stats.NOT_SUPPORTED
+    assert stats.verdict_at_least(stats.Interval(0.95, 0.92, 0.98, 3), 0.9) == stats.SUPPORTED
+
+
+def test_smooth_tail_head_peak_hand_computed():
+    y = np.array([[1.0, 2.0, 3.0, 4.0, 5.0]])
+    np.testing.assert_allclose(stats.smooth(y, 3), [[1.5, 2.0, 3.0, 4.0, 4.5]])
+    np.testing.assert_allclose(stats.smooth(np.array([1.0, np.nan, 3.0]), 3), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(stats.tail_mean(np.array([[1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10]]), 0.2), [9.5])
+    np.testing.assert_allclose(stats.head_mean(np.array([[1.0, 2, 3, 4, np.nan]]), 0.5), [1.5])
+    # peak of the smoothed curve 5 (window 1), final value 2 → drop 3
+    np.testing.assert_allclose(stats.peak_to_final_drop(np.array([[1.0, 5.0, 2.0]]), 1, frac=0.3), [3.0])
+    assert stats.ratio_of_means([1, 2, np.nan], [2, 2, 5]) == pytest.approx(0.75)
+
+
+def test_align_and_curve_band():
+    xs, Y, seeds = stats.align({0: ([0, 10, 20], [1.0, 2.0, 3.0]), 1: ([0, 10], [3.0, 4.0])})
+    np.testing.assert_array_equal(xs, [0, 10, 20])
+    assert seeds == [0, 1] and math.isnan(Y[1, 2])
+    mean, lo, hi, n = stats.curve_band(Y)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 3.0])
+    np.testing.assert_array_equal(n, [2, 2, 1])
+
+
+def test_bootstrap_ci_contains_the_mean():
+    ci = stats.bootstrap_ci(np.arange(20.0))
+    assert ci.lo < 9.5 < ci.hi and ci.mean == 9.5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------
+def test_registry_shares_runs_and_scales_thresholds():
+    reg = experiments.registry()
+    ids = {r.run_id for r in experiments.all_runs(reg)}
+    assert "single-flow_dppo_cps-s1" in {r.run_id for r in reg["fig3"]}          # δ_mid = the main run
+    assert "multi-flow_dppo_cps-s2" in {r.run_id for r in reg["fig11"]}          # β = 0 = the main run
+    assert {r.run_id for r in reg["fig2"]} == {r.run_id for r in reg["fig7"]} == {r.run_id for r in reg["fig9"]}
+    guard = next(r for r in reg["fig2"] if r.cell == "GRPO-Guard")
+    assert guard.overrides["clip_range"] == pytest.approx(4e-6 * math.sqrt(65536 / 256))
+    c7 = {experiments.c7_role(r): r for r in reg["c7"] if r.seed == 0}
+    assert c7["clip_matched_mid"].overrides["clip_range"] == pytest.approx(
+        math.sqrt(2 * c7["dppo_mid"].overrides["delta"] / 256), rel=0.02)
+    # every cell that compares methods has ≥ 3 seeds
+    for key, runs in reg.items():
+        cells = {}
+        for r in runs:
+            cells.setdefault(r.cell, set()).add(r.seed)
+        if key not in ("fig1", "fig6"):
+            assert all(len(s) >= 3 for s in cells.values()), key
+    assert len(ids) == 93
+    est = experiments.estimate_cpu_seconds(1.0)
+    assert est["runs"] == 93 and est["cpu_seconds"] > 93 * 150
+
+
+def test_deltas_from_pilot_rounds_to_one_digit():
+    d = experiments.deltas_from_pilot([1e-4, 1.4e-4, 3e-4, float("nan")])
+    assert d["kl_old_median"] == pytest.approx(1.4e-4) and d["delta_mid"] == 1e-4
+    assert d["delta_lo"] == pytest.approx(1e-5) and d["delta_hi"] == pytest.approx(1e-3)
