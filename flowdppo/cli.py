@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
         base = json.loads(cfg_file.read_text())
     elif args.config:
         base = load_config_file(args.config)
-    cfg = make_config(base, args.overrides)
+    overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
+    cfg = make_config(base, overrides)
     run_dir = train(cfg, resume=bool(args.resume))
     print(f"run directory: {run_dir}")
     _print_summary(run_dir)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train (or resume) a run")
     t.add_argument("--config", help="JSON file of Config fields")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    t.add_argument("--model", help="diffusers hub id or local pipeline directory (same as model=...)")
     t.add_argument("--help-config", action="store_true", help="list every config field and exit")
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.set_defaults(fn=_train)
