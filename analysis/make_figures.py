@@ -29,9 +29,7 @@ from typing import Callable, Optional
 if __package__ in (None, ""):  # `python analysis/make_figures.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import matplotlib
-
-matplotlib.use("Agg")
+import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -151,6 +149,11 @@ def _finish(fig, ctx: Ctx, name: str, specs: list[RunSpec], title: str) -> None:
     plt.close(fig)
 
 
+def _axlegend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _legend(fig, axes) -> None:
     handles, labels = [], []
     for ax in np.ravel(axes):
@@ -207,7 +210,7 @@ def fig3(ctx: Ctx) -> None:
             plots.curve_band(ax, x, Y, label=cell, color=c, linestyle="--" if "asym" in cell else "-")
     plots.style(ax, xlabel="iteration (≙ training epoch)", ylabel="training tifa (↔ GenEval2)")
     plots.missing_note(ax, ctx.status(specs)[1])
-    ax.legend(fontsize=7)
+    _axlegend(ax, fontsize=7)
     name = "fig03_delta_asymmetry.png"
     _finish(fig, ctx, name, specs, "Fig. 3 — δ sweep and the symmetric mask (single reward, CPS)")
     ctx.record(name, paper=["Fig. 3"], specs=specs, keys=["reward/tifa_mean"], caption=(
@@ -230,7 +233,7 @@ def fig5(ctx: Ctx) -> None:
         plots.style(ax, xlabel="iteration", ylabel="training tifa (↔ GenEval2)",
                     title=f"ours, {kernel}: {experiments.METHODS[clip_key].label} (dashed) vs "
                           f"{experiments.METHODS[dppo_key].label} (solid)")
-        ax.legend(fontsize=6)
+        _axlegend(ax, fontsize=6)
         pair_labels = (experiments.METHODS[clip_key].label, experiments.METHODS[dppo_key].label)
         plots.missing_note(ax, ctx.status([s for s in specs if s.cell.split(" | ")[0] in pair_labels])[1])
     paper = pd.read_csv(FIG5_DIGITIZED)
@@ -243,7 +246,7 @@ def fig5(ctx: Ctx) -> None:
             ax.plot(d["epoch"], d["flow_dppo_variant"], "-", color=color, label=f"DPPO {paper_name}")
         plots.style(ax, xlabel="training epoch", ylabel="training GenEval2",
                     title=f"paper (digitised, ±0.01), SD3.5, {kernel}")
-        ax.legend(fontsize=6)
+        _axlegend(ax, fontsize=6)
     name = "fig05_multi_epoch.png"
     _finish(fig, ctx, name, specs, "Fig. 5 — sample reuse: G8-I1 / G4-I2 / G8-I2 (↔ G64-I1 / G32-I2 / G64-I2)")
     ctx.record(name, paper=["Fig. 5"], specs=specs, keys=["reward/tifa_mean", "fig5_multiepoch_digitized.csv"],
@@ -290,7 +293,7 @@ def fig13(ctx: Ctx) -> None:
             plots.curve_band(ax, x, Y, label=cell, color=c, scale=1e3)
     plots.style(ax, xlabel="iteration (≙ training epoch)", ylabel="KL(π_θ‖π_ref) ×1e-3 per dim")
     plots.missing_note(ax, ctx.status(specs)[1])
-    ax.legend(fontsize=7)
+    _axlegend(ax, fontsize=7)
     name = "fig13_beta_ref_kl.png"
     _finish(fig, ctx, name, specs, "Fig. 13 — KL to the reference for β ∈ {0, 1e-3, 1e-2} (multi reward, CPS)")
     ctx.record(name, paper=["Fig. 13"], specs=specs, keys=["ref_kl_per_dim"], caption=(
@@ -471,7 +474,7 @@ def theory_ratio_noise(ctx: Ctx) -> None:
     axes[0].set_ylim(-8, 4)
     plots.style(axes[0], xlabel="exact KL(π_old‖π_θ) of one step (nats, Eq. 14)", ylabel="log r (full-norm)",
                 title="App. D: log r ~ N(−KL, 2·KL)")
-    axes[0].legend(fontsize=6, loc="lower left")
+    _axlegend(axes[0], fontsize=6, loc="lower left")
     # per-dim log-probs, the published codes: log r̄ ~ N(−KL_dim, 2·KL_dim/D)
     kd = np.logspace(-9, -2, 200)
     for D, eps, c in ((experiments.LATENT_DIM, experiments.paper_relative_eps(1e-4), "#e41a1c"),
@@ -484,10 +487,10 @@ def theory_ratio_noise(ctx: Ctx) -> None:
         axes[2].axvline(eps**2 * D / 2, color=c, linestyle=":", linewidth=1)
     plots.style(axes[1], xlabel="KL_old per dim", ylabel="sd of per-dim log r", logx=True, logy=True,
                 title="per-dim log-probs: sd(log r̄) = √(2·KL_dim/D)")
-    axes[1].legend(fontsize=6)
+    _axlegend(axes[1], fontsize=6)
     plots.style(axes[2], xlabel="KL_old per dim (dotted: δ = ε²D/2)", ylabel="P(|r̄ − 1| beyond ε)", logx=True,
                 title="fraction a symmetric clip cuts (both directions)")
-    axes[2].legend(fontsize=6)
+    _axlegend(axes[2], fontsize=6)
     name = "theory_ratio_noise.png"
     fig.suptitle("Ratio noise (App. D): the clip constrains a one-sample estimate whose spread is √(2·KL)",
                  fontsize=10, color=plots.LABEL_COLOR)
@@ -521,7 +524,7 @@ def theory_bounds(ctx: Ctx) -> None:
                         "Thm 2 bound (quadratic)": {"color": "#e41a1c"}, "App. B.3 bound (linear)": {"color": "#377eb8"}})
     axes[0].set_ylim(df["improvement"].min() - 1, df["improvement"].max() + 0.5)
     plots.style(axes[0], xlabel="D_TV^max", ylabel="value", logx=True, title="random flow MDP (S=3, K−1=4)")
-    axes[0].legend(fontsize=6)
+    _axlegend(axes[0], fontsize=6)
     resid = np.abs(df["improvement"] - (df["L_prime"] - df["Delta"])).to_numpy()
     slack_q = (df["improvement"] - df["bound_quadratic"]).to_numpy()
     slack_l = (df["improvement"] - df["bound_linear"]).to_numpy()
@@ -531,7 +534,7 @@ def theory_bounds(ctx: Ctx) -> None:
                         "|J diff − (L′ − Δ)| (Thm 1)": {"color": "k", "linestyle": ":"}})
     plots.style(axes[1], xlabel="D_TV^max", ylabel="improvement − bound (≥ 0)", logx=True, logy=True,
                 title="slack (and Theorem 1's identity residual)")
-    axes[1].legend(fontsize=6)
+    _axlegend(axes[1], fontsize=6)
     tvs = np.linspace(0.02, 0.45, 20)
     tight = [toy_mdp.theorem_terms(*toy_mdp.tight_two_step_example(t)) for t in tvs]
     plots.lines(axes[2], tvs, {"J(π_θ) − J(π_old)": np.array([t["improvement"] for t in tight]),
@@ -539,7 +542,7 @@ def theory_bounds(ctx: Ctx) -> None:
                 styles={"J(π_θ) − J(π_old)": {"color": "k", "linewidth": 3, "alpha": 0.4},
                         "Thm 2 bound": {"color": "#e41a1c", "linestyle": "--"}})
     plots.style(axes[2], xlabel="D_TV per step", ylabel="value", title="two-step MDP where Thm 2 is tight")
-    axes[2].legend(fontsize=6)
+    _axlegend(axes[2], fontsize=6)
     name = "theory_bound_tightness.png"
     fig.suptitle("Theorem 2 by exact enumeration (analysis/toy_mdp.py)", fontsize=10, color=plots.LABEL_COLOR)
     fig.savefig(ctx.out / name, dpi=DPI, bbox_inches="tight")
@@ -648,7 +651,7 @@ def logs_eps_delta(ctx: Ctx) -> None:
         shares[cell] = {d: stats.t_interval([claims_mod.sign_rule_share(r, d) for r in runs]) for d in de}
     plots.style(axes[0], xlabel="ε, or the ε-equivalent √(2δ/D) of δ", ylabel="firing rate (counterfactual)",
                 logx=True, title="clip at ε vs mask at δ (thin lines: sign rule Â(r−1)>0)")
-    axes[0].legend(fontsize=5)
+    _axlegend(axes[0], fontsize=5)
     lim = [0, max(0.05, axes[1].get_xlim()[1], axes[1].get_ylim()[1])]
     axes[1].plot(lim, lim, "k:", linewidth=1)
     plots.style(axes[1], xlabel="clip_fire@ε (per iteration)", ylabel="mask_fire@δ, δ ≈ ε²D/2",
@@ -664,7 +667,7 @@ def logs_eps_delta(ctx: Ctx) -> None:
     axes[2].set_xticks(np.arange(len(deltas)) + 0.4 - width / 2, [f"{d:g}" for d in deltas], fontsize=7)
     plots.style(axes[2], xlabel="δ (per dim)", ylabel="% of sign-matched samples masked",
                 title="how much of the mask is the sign rule")
-    axes[2].legend(fontsize=6)
+    _axlegend(axes[2], fontsize=6)
     plots.missing_note(axes[0], ctx.status(specs)[1])
     name = "logs_eps_delta.png"
     _finish(fig, ctx, name, specs, "ε–δ equivalence from the counterfactual firing rates (single reward)")
@@ -702,7 +705,7 @@ def c7_frontiers(ctx: Ctx) -> None:
                 title="reward vs KL to the reference")
     plots.points_with_ci(axes[1], frontier_div, colors=colors, markers=markers)
     plots.style(axes[1], xlabel="final test diversity", ylabel="final test tifa", title="reward vs diversity")
-    axes[1].legend(fontsize=6, loc="best")
+    _axlegend(axes[1], fontsize=6, loc="best")
     plots.missing_note(axes[0], ctx.status(specs)[1])
     name = "c7_frontiers.png"
     _finish(fig, ctx, name, specs, "C7 — KL criterion vs trust-region tightness (Flow-SDE, single reward)")
@@ -832,6 +835,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--runs", default=str(ROOT / "paper_runs"), help="run store (compact or raw run dirs)")
     ap.add_argument("--out", default=str(ROOT / "paper_figures"))
     args = ap.parse_args(argv)
+    matplotlib.use("Agg")  # files only
     make_all(Path(args.runs), Path(args.out))
     return 0
 

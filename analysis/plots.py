@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import matplotlib
 import numpy as np
 
 from . import stats
-
-matplotlib.use("Agg")  # headless: figures are files (make_figures) or inline (notebooks override)
 
 METHOD_COLORS = {"Flow-GRPO": "#7f7f7f", "Flow-CPS": "#a6761d", "GRPO-Guard": "#984ea3",
                  "Flow-DPPO": "#377eb8", "Flow-DPPO + CPS": "#e41a1c"}

@@ -256,3 +256,95 @@ def test_deltas_from_pilot_rounds_to_one_digit():
     d = experiments.deltas_from_pilot([1e-4, 1.4e-4, 3e-4, float("nan")])
     assert d["kl_old_median"] == pytest.approx(1.4e-4) and d["delta_mid"] == 1e-4
     assert d["delta_lo"] == pytest.approx(1e-5) and d["delta_hi"] == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots: ax in, the same ax out, something drawn
+# ---------------------------------------------------------------------------------------------------
+def test_plot_functions_draw_on_the_given_axes():
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 4)
+    ax = axes.ravel()
+    Y = np.array([[0.1, 0.2, 0.3], [0.2, 0.25, 0.35], [0.0, 0.3, 0.4]])
+    ci = stats.t_interval([1.0, 2.0, 3.0])
+    assert plots.curve_band(ax[0], np.arange(3), Y, label="a", color="k") is ax[0]
+    assert ax[0].get_lines()[0].get_label() == "a (n=3)" and len(ax[0].collections) == 1   # the band
+    assert plots.points_with_ci(ax[1], {"p": (ci, ci)}) is ax[1] and ax[1].containers
+    assert plots.interval_bars(ax[2], {"x": ci, "y": ci}) is ax[2] and len(ax[2].patches) == 2
+    assert plots.histograms(ax[3], {"h": np.array([1e-6, 1e-5, 1e-4])}, log=True) is ax[3] and ax[3].patches
+    assert plots.image(ax[4], np.zeros((4, 4), dtype=np.uint8), "t") is ax[4] and ax[4].images
+    kl = np.logspace(-2, 0, 5)
+    assert plots.ratio_noise(ax[5], kl, -kl, np.sqrt(2 * kl), clip_window=(-0.2, 0.2), clip_label="c") is ax[5]
+    assert plots.lines(ax[6], kl, {"a": kl}) is ax[6] and ax[6].get_lines()
+    assert plots.missing_note(ax[7], ["r1", "r2"]) is ax[7] and "MISSING 2" in ax[7].texts[0].get_text()
+    assert plots.style(ax[7], xlabel="x", logx=True) is ax[7] and ax[7].get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_grid_cell_inverts_save_grid(tmp_path):
+    from flowdppo.evaluation import save_grid
+    from analysis.make_figures import _read_png, grid_cell
+    imgs = torch.rand(6, 1, 5, 5)   # 3 prompts × 2 seeds of 5×5 images
+    save_grid(imgs, 2, tmp_path / "g.png", max_prompts=8, scale=3)
+    cell = grid_cell(_read_png(tmp_path / "g.png"), 2, 1, 3, 2)
+    expect = np.kron((imgs[5, 0].numpy() * 255).round(), np.ones((3, 3)))
+    np.testing.assert_array_equal(cell, expect)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runner and make_figures on the fixture runs
+# ---------------------------------------------------------------------------------------------------
+def test_runner_plans_skip_resume_new_and_conflict(fixture_root):
+    from analysis import run_experiments
+    reg = experiments.registry(seeds=(0, 1))
+    spec = next(r for r in reg["fig2"] if r.run_id == "single-flow_dppo-s0")
+    absent = next(r for r in reg["fig4"] if r.seed == 0)
+    changed = experiments.RunSpec(spec.run_id, spec.cell, spec.seed, {**spec.overrides, "lr": 0.5})
+    states = {j.spec.run_id: j for j in run_experiments.plan([spec, absent], fixture_root, None, base=FIXTURE_BASE)}
+    assert states["single-flow_dppo-s0"].state == "done" and states[absent.run_id].state == "new"
+    [resume] = run_experiments.plan([spec], fixture_root, 9, base=FIXTURE_BASE)
+    assert resume.state == "resume" and resume.done_iterations == 6
+    assert resume.command()[3:5] == ["train", "--resume"] and "iterations=9" in resume.command()
+    [conflict] = run_experiments.plan([changed], fixture_root, None, base=FIXTURE_BASE)
+    assert conflict.state == "conflict" and "lr" in conflict.detail
+    new_cmd = states[absent.run_id].command()
+    assert "threads=1" in new_cmd and "progress=false" in new_cmd and "advantage=gdpo" in new_cmd
+    assert "rewards=tifa,agreement,realism,ink" in new_cmd
+
+
+def test_make_figures_on_fixture_runs_reports_missing(fixture_root, tmp_path, capsys):
+    from analysis import make_figures
+    t0 = time.perf_counter()
+    ctx = make_figures.make_all(fixture_root, tmp_path / "figs")
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "MISSING" in out and "multi-flow_grpo-s0" in out and "single-flow_dppo-s2" in out
+    figs = tmp_path / "figs"
+    for _, f in make_figures.FIGURE_INDEX:
+        assert (figs / f).exists(), f
+    manifest = json.loads((figs / "manifest.json").read_text())
+    assert manifest["runs_found"] == len(ctx.runs.runs) and "cfg-flow_cps-s1" in manifest["missing"]
+    fig2 = manifest["outputs"]["fig02_07_09_single_reward.png"]
+    assert fig2["paper"] == ["Fig. 2", "Fig. 7", "Fig. 9"] and fig2["seeds"] == [0, 1]
+    assert "single-flow_dppo-s2" in fig2["missing"] and "single-flow_dppo-s0" in fig2["runs"]
+    assert manifest["outputs"]["fig04_08_multi_reward.png"]["runs"] == []       # drawn, empty, marked
+    readme = (figs / "README.md").read_text()
+    assert "Incomplete" in readme and all(f"### C{i}:" in readme for i in range(1, 8))
+    assert "do not edit by hand" in readme
+    table = (figs / "table1_multi_reward.md").read_text()
+    assert "INCOMPLETE" in table
+    assert elapsed < 60
+
+
+def test_claims_are_the_same_from_the_compact_store(fixture_root, tmp_path):
+    from analysis import claims
+    reg = experiments.registry()
+    ids = [r.run_id for r in experiments.all_runs(reg, only=["fig3", "c7"])]
+    compact.compact_store(fixture_root, tmp_path / "store", [i for i in ids if (fixture_root / i).exists()])
+    raw = claims.all_claims(load_runs.load_runs(fixture_root, ids), reg)
+    small = claims.all_claims(load_runs.load_runs(tmp_path / "store", ids), reg)
+    for a, b in zip(raw, small):
+        assert a.verdict == b.verdict
+        for pa, pb in zip(a.parts, b.parts):
+            assert pa.value.n == pb.value.n
+            np.testing.assert_allclose(pa.value.mean, pb.value.mean, rtol=1e-2, atol=1e-9)
