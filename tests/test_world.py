@@ -75,6 +75,8 @@ def test_prompt_splits_disjoint_and_deterministic():
     assert all(len(texts[k]) == len(a[k]) for k in a)                    # no duplicates
     assert not (texts["train"] & texts["test"]) and not (texts["train"] | texts["test"]) & texts["ood"]
     assert all(it.meta["num_digits"] == 3 and len(it.atoms) == 4 for it in a["train"] + a["test"])
+    layouts = {k: {it.meta["layout"] for it in a[k]} for k in ("train", "test")}
+    assert not layouts["train"] & layouts["test"]                       # test = unseen combinations
     assert all(EMPTY not in it.meta["layout"] for it in a["ood"])
     assert [it.text for it in prompt_splits(1)["train"]] != [it.text for it in a["train"]]
 

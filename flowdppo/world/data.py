@@ -109,7 +109,46 @@ def text_rows(layout: Layout) -> str:
     return f"top row {layout[0]} and {layout[1]}, bottom row {layout[2]} and {layout[3]}"
 
 
-TEMPLATES = {"places": text_places, "rows": text_rows}
+# Cell geometry: (row, col) of each cell in reading order.
+_RC = ((0, 0), (0, 1), (1, 0), (1, 1))
+RELATION_VARIANTS = 8
+
+
+def _relation(a: int, b: int) -> str:
+    """The relation word for cell a relative to an adjacent cell b ("a {A} <rel> a {B}")."""
+    (ra, ca), (rb, cb) = _RC[a], _RC[b]
+    if ra == rb:
+        return "left of" if ca < cb else "right of"
+    return "above" if ra < rb else "below"
+
+
+def text_relations(layout: Layout, variant: int = 0) -> str:
+    """The relation template (in-domain): three distinct digits in an L, described only by relations
+    to each other, e.g. "a 7 right of a 3, and a 1 below the 3".  The corner cell (the one diagonal to
+    the empty cell) is adjacent to both others; clause 1 relates the corner to one neighbour, clause 2
+    places the other neighbour relative to "the" corner digit.  Neither clause alone fixes any cell:
+    the model must combine both (binding + reasoning).  variant ∈ [0, 8) picks which neighbour clause 1
+    uses, which digit is its subject, and the clause-2 wording."""
+    if sum(d == EMPTY for d in layout) != 1:
+        raise ValueError("the relation template describes exactly three digits")
+    digits = [d for d in layout if d != EMPTY]
+    if len(set(digits)) != 3:
+        raise ValueError("the relation template needs three distinct digits (it refers to 'the 3')")
+    hole = layout.index(EMPTY)
+    corner = 3 - hole                                        # the cell diagonal to the hole
+    horiz = corner ^ 1                                       # same row, other column
+    vert = corner ^ 2                                        # same column, other row
+    first, second = (horiz, vert) if variant & 1 == 0 else (vert, horiz)
+    a, b = (corner, first) if variant & 2 == 0 else (first, corner)
+    clause1 = f"{_article(layout[a])} {_relation(a, b)} {_article(layout[b])}"
+    if variant & 4 == 0:
+        clause2 = f"{_article(layout[second])} {_relation(second, corner)} the {layout[corner]}"
+    else:
+        clause2 = f"the {layout[corner]} {_relation(corner, second)} {_article(layout[second])}"
+    return f"{clause1}, and {clause2}"
+
+
+TEMPLATES = {"places": text_places, "rows": text_rows, "relations": text_relations}
 
 
 def atoms_of(layout: Layout) -> tuple[str, ...]:
@@ -118,10 +157,11 @@ def atoms_of(layout: Layout) -> tuple[str, ...]:
                  for i, d in enumerate(layout))
 
 
-def make_item(layout: Layout, template: str, family: str) -> PromptItem:
-    return PromptItem(text=TEMPLATES[template](layout), atoms=atoms_of(layout),
+def make_item(layout: Layout, template: str, family: str, variant: int = 0) -> PromptItem:
+    text = text_relations(layout, variant) if template == "relations" else TEMPLATES[template](layout)
+    return PromptItem(text=text, atoms=atoms_of(layout),
                       meta={"layout": tuple(layout), "template": template, "family": family,
-                            "num_digits": sum(d != EMPTY for d in layout)})
+                            "num_digits": sum(d != EMPTY for d in layout), "variant": variant})
 
 
 def _random_layout(rng: random.Random, num_digits: int) -> Layout:
@@ -132,45 +172,68 @@ def _random_layout(rng: random.Random, num_digits: int) -> Layout:
 SPLIT_SIZES = {"train": 256, "test": 128, "ood": 128}
 
 
+def relation_layouts() -> list[Layout]:
+    """All 2880 in-domain layouts: three distinct digits in three of the four cells."""
+    return [ds[:hole] + (EMPTY,) + ds[hole:] for hole in range(4)
+            for ds in itertools.permutations(range(10), 3)]
+
+
 @functools.lru_cache(maxsize=4)
 def _splits(seed: int) -> dict[str, tuple[PromptItem, ...]]:
-    # In-domain: 3 digits in 3 of the 4 cells, place template (4 × 10³ = 4000 layouts).
-    # OOD: full 4-digit grids in the row template — more slots and different wording; RL never sees it.
+    # In-domain: relation prompts; train and test use disjoint layouts (test = unseen combinations of
+    # seen atoms), one random wording each.  OOD: full 4-digit grids in the row template — more slots,
+    # different wording, no relations; RL never sees it.
     rng = random.Random(1000 + seed)
-    three = [ds[:hole] + (EMPTY,) + ds[hole:] for hole in range(4) for ds in itertools.product(range(10), repeat=3)]
-    rng.shuffle(three)
+    layouts = relation_layouts()
+    rng.shuffle(layouts)
     n_tr, n_te = SPLIT_SIZES["train"], SPLIT_SIZES["test"]
+    in_domain = [make_item(l, "relations", "in_domain", rng.randrange(RELATION_VARIANTS))
+                 for l in layouts[:n_tr + n_te]]
     four = rng.sample(list(itertools.product(range(10), repeat=4)), SPLIT_SIZES["ood"])
-    return {"train": tuple(make_item(l, "places", "in_domain") for l in three[:n_tr]),
-            "test": tuple(make_item(l, "places", "in_domain") for l in three[n_tr:n_tr + n_te]),
+    return {"train": tuple(in_domain[:n_tr]), "test": tuple(in_domain[n_tr:]),
             "ood": tuple(make_item(l, "rows", "ood") for l in four)}
 
 
 def prompt_splits(seed: int = 0) -> dict[str, list[PromptItem]]:
     """{"train", "test", "ood"} → prompt items (disjoint, deterministic in `seed`).
 
-    train/test: in-domain 3-digit place prompts (test = held-out combinations of the same atoms);
+    train/test: in-domain 3-digit relation prompts on disjoint layouts (test = held-out combinations);
     ood: 4-digit full grids in the row template."""
     return {k: list(v) for k, v in _splits(seed).items()}
 
 
+def excluded_from_pretraining(seed: int = 0) -> set[str]:
+    """Texts pretraining never sees: every wording of every evaluation layout, and the OOD prompts."""
+    sp = _splits(seed)
+    out = {it.text for it in sp["ood"]}
+    for it in sp["train"] + sp["test"]:
+        out.update(text_relations(it.meta["layout"], v) for v in range(RELATION_VARIANTS))
+    return out
+
+
 def pretraining_pool(size: int, seed: int, exclude: set[str]) -> list[PromptItem]:
-    """A deterministic pool of pretraining prompts: 1–4 digits in the place template plus full grids in
-    the row template, skipping every text in `exclude` (the evaluation prompts are never trained on).
-    Mix: 1 digit 10 %, 2 digits 20 %, 3 digits 40 %, 4 digits (places) 15 %, full grid (rows) 15 %."""
+    """A deterministic pool of pretraining prompts, skipping every text in `exclude`.
+    Mix (by draw): relations 45 %; places with 1/2/3/4 digits 5/10/15/10 %; full grids in rows 15 %."""
     rng = random.Random(seed)
     pool: list[PromptItem] = []
     seen: set[str] = set(exclude)
-    kinds = [(1, "places")] * 2 + [(2, "places")] * 4 + [(3, "places")] * 8 + [(4, "places")] * 3 + [(4, "rows")] * 3
+    kinds = ([(1, "places")] + [(2, "places")] * 2 + [(3, "places")] * 3 + [(4, "places")] * 2
+             + [(4, "rows")] * 3 + [(3, "relations")] * 9)
     attempts = 0
     while len(pool) < size:
         attempts += 1
         if attempts > 100 * size:
             raise RuntimeError(f"could not draw {size} distinct pretraining prompts")
         k, template = rng.choice(kinds)
-        item = make_item(_random_layout(rng, k), template, "pretrain")
+        if template == "relations":
+            item = make_item(rng.choice(_RELATION_LAYOUTS), template, "pretrain", rng.randrange(RELATION_VARIANTS))
+        else:
+            item = make_item(_random_layout(rng, k), template, "pretrain")
         if item.text in seen:
             continue
         seen.add(item.text)
         pool.append(item)
     return pool
+
+
+_RELATION_LAYOUTS = relation_layouts()

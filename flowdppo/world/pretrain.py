@@ -21,10 +21,10 @@ from typing import Optional
 import torch
 
 from ..policy.tiny import TINY_CONFIG, build_transformer
-from .data import CELL_SLICES, EMPTY, digit_splits, pretraining_pool, prompt_splits
+from .data import CELL_SLICES, EMPTY, digit_splits, excluded_from_pretraining, pretraining_pool
 from .text import MiniLMEncoder
 
-DEFAULT_STEPS = 6000
+DEFAULT_STEPS = 4000
 PROMPT_DROPOUT = 0.1
 
 
@@ -70,8 +70,7 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
     cfg = dict(config or TINY_CONFIG)
     model = build_transformer(cfg).train()
 
-    exclude = {it.text for items in prompt_splits(0).values() for it in items}
-    pool = pretraining_pool(pool_size, seed, exclude)
+    pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0))
     enc = MiniLMEncoder()
     states, pooled = enc.encode([it.text for it in pool])            # [N, L, 384], [N, 384]
     empty_states, empty_pooled = enc.encode([""])
@@ -131,8 +130,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=250)
+    p.add_argument("--pool-size", type=int, default=4096)
     a = p.parse_args(argv)
-    summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every)
+    summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every,
+                       pool_size=a.pool_size)
     summary.pop("state_dict")
     print(json.dumps(summary))
 

@@ -13,8 +13,9 @@ items in, a float32 tensor [B] out.  Each cell of the 2×2 canvas is one atom (a
   ink        mean pixel intensity: a cheap, hackable preference (more ink = "better").  In [0, 1].
 
 Set metrics (evaluate_images): accuracy (all 4 atoms correct under the tifa classifier), fid (Fréchet
-distance between judge features of generated digit cells and real "gen"-split digits; biased upward
-at small sample sizes, compare at equal sizes), diversity (mean pairwise RMS pixel distance between
+distance between judge features of the generated cells that hold a digit — wherever they are — and
+real "gen"-split digits: drawing quality, not layout; biased upward at small sample sizes, so compare
+at equal sizes), diversity (mean pairwise RMS pixel distance between
 samples of the same prompt).
 """
 from __future__ import annotations
@@ -124,6 +125,8 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     """Fréchet distance between Gaussian fits of feature sets a [N, F] and b [M, F]."""
     from scipy import linalg
 
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        return float("nan")                       # undefined (e.g. a policy that draws no digits)
     a64, b64 = a.double().numpy(), b.double().numpy()
     mu_a, mu_b = a64.mean(0), b64.mean(0)
     # a small ridge keeps the product well-conditioned (ReLU features have dead dimensions)
@@ -147,7 +150,8 @@ def diversity(images: Tensor, group_size: int) -> float:
 
 def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int) -> dict[str, float]:
     """Eval metrics of a batch: items[i] is the prompt of images[i]; consecutive groups of `group_size`
-    share a prompt.  Keys: tifa, accuracy, agreement, realism, ink, fid, diversity."""
+    share a prompt.  Keys: tifa, accuracy, agreement, realism, ink, fid, diversity (fid is NaN when
+    fewer than two generated cells hold a digit)."""
     if len(items) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(items)} items")
     tifa, judge = load_judges()
@@ -155,8 +159,9 @@ def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int
     cells = cells_of(images.float().cpu())
     with torch.no_grad():
         pred = tifa(cells.reshape(-1, 8, 8)).argmax(-1).reshape(-1, 4)
-        digit_cells = cells[target_classes(items) != BLANK_CLASS]
-        gen_feats = judge.features(digit_cells)
+        # FID scores drawing quality, not layout: every cell that holds a digit (classifier says
+        # non-blank), wherever it is, against real digits.
+        gen_feats = judge.features(cells[pred != BLANK_CLASS])
     _, _, real_digit_feats = _real_feature_bank()
     return {"tifa": float(p.clamp_min(1e-12).log().mean(1).exp().mean()),
             "accuracy": float((pred == target_classes(items)).all(1).float().mean()),
