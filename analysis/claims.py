@@ -3,8 +3,9 @@
 > 0; supported if it excludes 0 on the claim's side, not supported if on the other, else inconclusive).
 A claim with several parts is supported only if every part is (stats.combine).
 
-Nothing here is typed by hand: every number comes from the runs through `Run` accessors, and a part
-whose runs are missing is reported as inconclusive with n = 0.
+Nothing here is typed by hand: every number comes from the runs through `Run` accessors.  Only complete
+runs count (a partial run's last value is not an end-of-training value); a part whose runs are missing
+or partial is reported as inconclusive with the n it has.
 """
 from __future__ import annotations
 
@@ -71,10 +72,11 @@ def drop_of(column: str) -> Callable[[Run], float]:
 
 
 def per_seed(runs: RunSet, specs: list[RunSpec], endpoint: Callable[[Run], float]) -> dict[int, float]:
+    """{seed: endpoint(run)} over the COMPLETE runs (a partial run's last value is not end-of-training)."""
     out = {}
     for s in specs:
         r = runs.get(s.run_id)
-        if r is not None:
+        if r is not None and not r.partial:
             v = endpoint(r)
             if np.isfinite(v):
                 out[s.seed] = v
@@ -222,7 +224,7 @@ def c7(runs: RunSet, reg) -> Claim:
         notes.append(f"at the paper's relative tightness (clip ε_paper·√(65536/D)) DPPO − clip, {label}: "
                      f"{p.value.fmt(scale)} ({p.verdict})")
     dppo_runs = [runs.get(r.run_id) for r in reg["fig2"] if r.cell in ("Flow-DPPO", "Flow-DPPO + CPS")]
-    dppo_runs = [r for r in dppo_runs if r is not None]
+    dppo_runs = [r for r in dppo_runs if r is not None and not r.partial]
     for delta in (1e-7, 1e-6):
         shares = [sign_rule_share(r, delta) for r in dppo_runs]
         ci = stats.t_interval(shares)

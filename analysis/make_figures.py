@@ -73,6 +73,11 @@ class Ctx:
     def run(self, spec: RunSpec) -> Optional[Run]:
         return self.runs.get(spec.run_id)
 
+    def complete(self, spec: RunSpec) -> Optional[Run]:
+        """The run if it finished (tables and end-of-training values use only those)."""
+        r = self.runs.get(spec.run_id)
+        return r if r is not None and not r.partial else None
+
     def status(self, specs: list[RunSpec]) -> tuple[list[str], list[str], list[str]]:
         """(present ids, missing ids, partial ids) of these specs."""
         ids = list(dict.fromkeys(s.run_id for s in specs))
@@ -352,14 +357,15 @@ def qualitative(ctx: Ctx, key: str, name: str, paper: list[str], rows: list[tupl
 def _table_rows(ctx: Ctx, key: str, block: str, splits=("test", "ood")) -> list[dict]:
     specs = ctx.reg[key]
     rows = []
-    present = [ctx.run(s) for s in specs if ctx.run(s) is not None]
+    present = [ctx.complete(s) for s in specs if ctx.complete(s) is not None]
     for split in splits:
         for metric, _, scale in TABLE_METRICS:
             base = stats.t_interval([r.initial_eval(metric, split) for r in present])
             rows.append({"block": block, "method": "pretrained", "split": split, "metric": metric, "scale": scale,
                          "mean": base.mean, "lo": base.lo, "hi": base.hi, "n": base.n})
             for cell, cs in by_cell(specs).items():
-                ci = stats.t_interval([ctx.run(s).final_eval(metric, split) for s in cs if ctx.run(s) is not None])
+                ci = stats.t_interval([ctx.complete(s).final_eval(metric, split) for s in cs
+                                       if ctx.complete(s) is not None])
                 rows.append({"block": block, "method": cell, "split": split, "metric": metric, "scale": scale,
                              "mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "n": ci.n})
     return rows
@@ -401,7 +407,7 @@ def tables(ctx: Ctx) -> None:
     _write_table(ctx, "table1_multi_reward", df1, _md_table(df1, ["method"], ["column"]),
                  "Table 1 — end of training, multi reward (GDPO)", ["Table 1"], ctx.reg["table1"],
                  ["eval[test|ood].{tifa,agreement,realism,diversity,ink}"],
-                 "Final pinned evaluation, seed mean [95 % t-interval]; pretrained = iteration-0 evaluation.")
+                 "Final pinned evaluation of the complete runs, seed mean [95 % t-interval]; pretrained = iteration-0 evaluation.")
     # Table 4: every setting
     rows = []
     for block, key in (("single", "fig2"), ("multi", "fig4"), ("CFG", "fig10")):
@@ -411,7 +417,7 @@ def tables(ctx: Ctx) -> None:
     _write_table(ctx, "table4_full", df4, _md_table(df4, ["block", "method"], ["column"]),
                  "Table 4 — end of training, all settings", ["Table 4"], ctx.reg["table4"],
                  ["eval[test|ood].{tifa,agreement,realism,diversity,ink}"],
-                 "Final pinned evaluation, seed mean [95 % t-interval]; blocks = our settings (the paper's = models).")
+                 "Final pinned evaluation of the complete runs, seed mean [95 % t-interval]; blocks = our settings (the paper's = models).")
     # Table 3: tifa per setting
     df3 = df4[(df4["metric"] == "tifa") & (df4["split"] == "test")].copy()
     _write_table(ctx, "table3_tifa", df3, _md_table(df3, ["method"], ["block"]),
@@ -421,8 +427,8 @@ def tables(ctx: Ctx) -> None:
     rows = []
     for block, key in (("single", "fig2"), ("multi", "fig4"), ("CFG", "fig10")):
         for cell, cs in by_cell(ctx.reg[key]).items():
-            vals = [float(stats.tail_mean(ctx.run(s).series("ref_kl_per_dim")[1], claims_mod.TAIL)[0])
-                    for s in cs if ctx.run(s) is not None]
+            vals = [float(stats.tail_mean(ctx.complete(s).series("ref_kl_per_dim")[1], claims_mod.TAIL)[0])
+                    for s in cs if ctx.complete(s) is not None]
             ci = stats.t_interval(vals)
             kernel = experiments.METHODS[next(k for k, m in experiments.METHODS.items() if m.label == cell)].kernel
             rows.append({"schedule": "Flow-SDE" if kernel == "flow_sde" else "CPS", "method": cell, "block": block,
@@ -693,7 +699,7 @@ def c7_frontiers(ctx: Ctx) -> None:
     for role in experiments.C7_ROLES:
         cs = roles.get(role, [])
         label = cs[0].cell if cs else role
-        present = [ctx.run(s) for s in cs if ctx.run(s) is not None]
+        present = [ctx.complete(s) for s in cs if ctx.complete(s) is not None]
         tifa = stats.t_interval([r.final_eval("tifa") for r in present])
         kl = stats.t_interval([float(stats.tail_mean(r.series("ref_kl_per_dim")[1], claims_mod.TAIL)[0]) * 1e3
                                for r in present])

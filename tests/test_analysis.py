@@ -348,3 +348,19 @@ def test_claims_are_the_same_from_the_compact_store(fixture_root, tmp_path):
         for pa, pb in zip(a.parts, b.parts):
             assert pa.value.n == pb.value.n
             np.testing.assert_allclose(pa.value.mean, pb.value.mean, rtol=1e-2, atol=1e-9)
+
+
+def test_partial_runs_are_drawn_but_not_counted_at_the_end(fixture_root, tmp_path):
+    from analysis import claims
+    rid = "single-flow_dppo-s0"
+    dst = tmp_path / rid
+    dst.mkdir()
+    for name in ("config.json", "run.json", "eval.jsonl"):
+        (dst / name).write_bytes((fixture_root / rid / name).read_bytes())
+    lines = (fixture_root / rid / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (dst / "metrics.jsonl").write_text("".join(lines[:4]))          # 2 of 6 iterations: killed
+    run = load_runs.load_run(dst)
+    assert run.partial and run.done_iterations == 2
+    spec = next(r for r in experiments.registry()["fig2"] if r.run_id == rid)
+    assert claims.per_seed(load_runs.load_runs(tmp_path, [rid]), [spec], claims.final_eval("tifa")) == {}
+    assert claims.per_seed(load_runs.load_runs(fixture_root, [rid]), [spec], claims.final_eval("tifa")) != {}
