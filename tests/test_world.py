@@ -149,12 +149,17 @@ def test_lora_reference_disables_adapters():
     assert set(policy.trainable_state_dict()) and all("lora" in k for k in policy.trainable_state_dict())
 
 
-def test_pretrain_is_deterministic():
-    from flowdppo.world.pretrain import pretrain
+def test_pretrain_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
 
-    kw = dict(steps=3, seed=0, threads=1, log_every=0, batch_size=8, pool_size=8, warmup=1)
-    a, b = pretrain(None, **kw), pretrain(None, **kw)
-    c = pretrain(None, **{**kw, "seed": 1})
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    assert any(not torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
+    from flowdppo.world.pretraining import pretrain
+
+    kw = dict(steps=3, threads=1, log_every=0, batch_size=8, pool_size=8, warmup=1)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pretrain(tmp_path / f"{name}.safetensors", seed=seed, **kw)
+    a, b, c = (load_file(str(tmp_path / f"{n}.safetensors")) for n in "abc")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    policy = load_policy(checkpoint=tmp_path / "a.safetensors")          # a pretrain output loads
+    assert torch.equal(policy.transformer.state_dict()["proj_out.weight"], a["proj_out.weight"])

@@ -1,15 +1,24 @@
 """The embedded default world: compositional text-to-image RL in miniature, on a CPU.
 
-Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  In-domain prompts place three
-digits in three of the four cells and leave one empty ("a 3 top left, a 7 top right and a 1 bottom
-right"): four atoms per prompt, 4000 possible layouts.  The difficulty is binding — the base model
-draws recognisable digits but often the wrong digit in a cell, or ink in the empty one.
-Out-of-domain prompts are full 4-digit grids in a different wording ("top row 3 and 7, bottom row 1
-and 8"); RL never sees them.
+Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  Every prompt fixes one layout
+(the digit or emptiness of each cell), and the rewards score each cell as one atom.
+
+  in-domain (RL train / held-out test): three distinct digits in an L, placed ONLY by relations to each
+      other: "a 7 right of a 3, and a 1 below the 3" (3 top left, 7 top right, 1 bottom left, bottom
+      right empty).  No clause fixes a cell on its own: the model must combine the two relations and
+      resolve "the 3".  2880 layouts × 8 wordings; train and test use disjoint layouts.
+  out-of-domain (never seen by RL): full 4-digit grids in another wording, "top row 3 and 7, bottom
+      row 1 and 8" — a forgetting probe, as the PickScore prompts are for GenEval2 training.
+  pretraining also sees 1–4 digit "place" prompts ("a 3 top left and an 8 bottom right").
+
+Why this difficulty: with the place wording ("a 3 top left, a 7 top right and a 1 bottom left") the
+same 0.63 M-param model reached 96 % layout accuracy after 3000 steps — saturated like the probe's
+two-digit strip.  Relations make the base draw recognisable digits in the wrong cells (or in the
+empty cell) most of the time, the failure GenEval2's position atoms catch, while staying learnable.
 
 Public API (used by the trainer):
     load_policy(checkpoint=None, lora_rank=0, lora_alpha=None, device="cpu") -> TinyFlowPolicy
-    prompt_splits(seed=0) -> {"train", "test", "ood"} → list[PromptItem]
+    prompt_splits(seed=0) -> {"train", "test", "ood"} → list[PromptItem] (meta["layout"] = the cells)
     make_reward(name) -> Reward            names: "tifa", "agreement", "realism", "ink"
     evaluate_images(images, items, group_size) -> dict[str, float]
     sample_images(policy, items, group_size=…, num_steps=…, guidance_scale=…) -> images (ODE, for eval)
@@ -23,8 +32,8 @@ from typing import Optional
 
 from ..policy.tiny import TinyFlowPolicy, build_transformer
 from .data import prompt_splits
-from .pretrain import main as main_pretrain
-from .pretrain import pretrain
+from .pretraining import main as main_pretrain
+from .pretraining import pretrain
 from .rewards import REWARD_NAMES, evaluate_images, make_reward
 from .sampling import expand_items, sample_images
 
@@ -48,7 +57,7 @@ def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, 
     path = Path(checkpoint) if checkpoint is not None else BASE_CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"world checkpoint {path} not found; build one with "
-                                f"`python -m flowdppo.world.pretrain {path}`")
+                                f"`python -m flowdppo.world.pretraining {path}`")
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
     transformer = build_transformer(config)

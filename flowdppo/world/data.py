@@ -2,8 +2,10 @@
 
 The canvas is a 2×2 grid of 8×8 cells (16×16, one channel).  A *layout* is a tuple of four cell
 contents in reading order (top left, top right, bottom left, bottom right); each is a digit 0–9 or
-EMPTY.  A prompt names every digit and where it goes, so the model must bind each digit token to a
-place token — the compositional skill GenEval2's position/count atoms test.
+EMPTY.  Every prompt determines exactly one layout, so each cell is one checkable atom.  Wordings:
+  places     "a 3 top left and an 8 bottom right"            (pretraining only)
+  relations  "a 7 right of a 3, and a 1 below the 3"          (in-domain: RL train/test)
+  rows       "top row 3 and 7, bottom row 1 and 8"            (out-of-domain: full grids)
 
 Splits of sklearn's 1797 digit images (seeded permutation, fixed forever):
   gen    60 %  the generator's pretraining pixels and the realism reference set

@@ -7,7 +7,7 @@ x0 are canvases composed from the "gen" split of the digits for prompts drawn fr
 prompt so classifier-free guidance works.  Single process, fixed seeds, fixed thread count: two runs
 with the same arguments give identical weights.
 
-    python -m flowdppo.world.pretrain OUT.safetensors [--steps N] [--seed S] [--threads T]
+    python -m flowdppo.world.pretraining OUT.safetensors [--steps N] [--seed S] [--threads T]
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
 
     steps: optimizer steps; batch_size: canvases per step; lr: AdamW peak (linear warm-up over `warmup`
     steps, cosine decay to 5 % of it); pool_size: distinct pretraining prompts (MiniLM-encoded once).
-    Returns a summary dict (steps, seconds, final loss, params) — also written next to the checkpoint.
+    Returns a summary dict (steps, seconds, final loss, params), also stored in the checkpoint's metadata.
+    out_path None trains without saving (tests).
     """
     from safetensors.torch import save_file
 
@@ -119,7 +120,6 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
         out_path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(out_path), metadata={"config": json.dumps(cfg), "summary": json.dumps(summary)})
-    summary["state_dict"] = model.state_dict()
     return summary
 
 
@@ -134,7 +134,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     a = p.parse_args(argv)
     summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every,
                        pool_size=a.pool_size)
-    summary.pop("state_dict")
     print(json.dumps(summary))
 
 
