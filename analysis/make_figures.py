@@ -57,7 +57,7 @@ METRIC_MAP_MD = """| paper metric | ours | what it is |
 | (HPSv2 / PickScore as *trained* rewards) | `ink` | mean intensity: a cheap, hackable preference reward, trained in the multi-reward runs |
 | GPU hours | CPU hours | logged rollout + reward + update time of the run (1 thread per run) |
 | training epoch | iteration | one rollout → update iteration |
-| in-domain (GenEval2 prompts) / OOD (PickScore prompts) | split `test` / `ood` | held-out 3-digit place prompts / never-trained 4-digit row prompts |
+| in-domain (GenEval2 prompts) / OOD (PickScore prompts) | split `test` / `ood` | held-out in-domain prompts (layouts never trained on) / the never-trained out-of-domain wording (full 4-digit grids) |
 """
 
 
