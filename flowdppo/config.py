@@ -104,6 +104,8 @@ class Config:
     # --- rewards and advantages -----------------------------------------------------------------------
     rewards: tuple[str, ...] = ("tifa",)
     """Reward names (flowdppo.rewards.registry); several = multi-reward."""
+    log_rewards: tuple[str, ...] = ()
+    """Rewards computed on every rollout for the logs only (weight 0), e.g. agreement,realism,ink."""
     reward_weights: Optional[tuple[float, ...]] = None
     """Weights per reward (None = equal)."""
     advantage: Literal["group", "gdpo"] = "group"

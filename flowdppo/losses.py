@@ -252,7 +252,7 @@ def counterfactual_rates(*, log_ratio: Tensor, kl_per_dim: Tensor, advantages: T
     out = {"sign_rule": push.float().mean()}
     for eps in clip_eps:
         fire = ((advantages > 0) & (r > 1 + eps)) | ((advantages < 0) & (r < 1 - eps))
-        out[f"clip_fire@{eps:g}"] = fire.float().mean()
+        out[f"clip_fire@{eps:.2g}"] = fire.float().mean()
     for d in deltas:
-        out[f"mask_fire@{d:g}"] = (push & (kl_per_dim > d)).float().mean()
+        out[f"mask_fire@{d:.2g}"] = (push & (kl_per_dim > d)).float().mean()
     return out

@@ -49,12 +49,16 @@ STEP_METRICS: dict[str, str] = {
     "policy_loss": "policy part of the loss",
     "grad_norm": "gradient norm before clipping",
     "cf/sign_rule": "fraction with Â·(r − 1) > 0 (what the mask degenerates to for tiny δ)",
-    "cf/clip_fire@{eps}": "counterfactual: fraction ratio clipping at ε would cut (per-dim log r)",
-    "cf/mask_fire@{delta}": "counterfactual: fraction the asymmetric mask would block at per-dim δ",
+    "cf/clip_fire@{eps}": "counterfactual: fraction ratio clipping at ε would cut (per-dim log r); ε on a fixed "
+                          "grid plus the run's clip_range and the ε matched to its δ, √(2δ/D)",
+    "cf/mask_fire@{delta}": "counterfactual: fraction the asymmetric mask would block at per-dim δ (fixed grid "
+                            "plus the run's δ)",
     "q/kl_old_per_dim@{q}": "quantile q of the per-sample KL_old per dim",
     "q/abs_log_ratio_per_dim@{q}": "quantile q of per-sample |log r| with per-dim log-probs",
     "per_step.{k}.{stat}": "stat (kl_per_dim_mean, ratio_mean, log_ratio_abs_mean, kl_exceeded, blocked_pos, "
-                           "blocked_neg, kept, clip_frac) restricted to trained step index k",
+                           "blocked_neg, kept, clip_frac, sign_rule, kl_old_per_dim@q, abs_log_ratio_per_dim@q "
+                           "for q = 0.5, 0.9) restricted to trained step index k",
+    "reward_log/{name}_mean": "mean of a logged-only reward (config.log_rewards, weight 0) over the global batch",
 }
 
 EVAL_METRICS: dict[str, str] = {

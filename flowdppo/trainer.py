@@ -46,6 +46,7 @@ class Components:
     policy: Policy
     splits: dict[str, list[PromptItem]]
     rewards: dict[str, Reward]
+    log_rewards: Optional[dict[str, Reward]] = None          # scored for the logs only (weight 0)
     evaluate_images: Optional[Callable[..., dict[str, float]]] = None  # (images, items, group_size) -> metrics
 
 
@@ -76,7 +77,9 @@ def build_components(cfg: Config) -> Components:
         from .prompts import load_prompt_splits
         splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
     rewards = {name: make_reward(name) for name in cfg.rewards}
-    return Components(policy=policy, splits=splits, rewards=rewards, evaluate_images=evaluate)
+    log_rewards = {name: make_reward(name) for name in cfg.log_rewards}
+    return Components(policy=policy, splits=splits, rewards=rewards, log_rewards=log_rewards,
+                      evaluate_images=evaluate)
 
 
 def sigma_grid(policy: Policy, num_steps: int, shift: float) -> Tensor:
@@ -176,7 +179,7 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     denom = len(rows) * t_count  # loss = mean over (samples, trained steps), whatever the micro split
     total = _StatAccumulator()
     per_step = [_StatAccumulator() for _ in range(t_count)]
-    lr_all, kl_all, adv_all = [], [], []
+    lr_all, kl_all, adv_all = [[] for _ in range(t_count)], [[] for _ in range(t_count)], [[] for _ in range(t_count)]
     loss_sum = torch.zeros(()); pol_sum = torch.zeros(()); ref_sum = torch.zeros(())
     for micro in split_micro(rows, cfg.micro_size):
         idx = torch.as_tensor(micro, dtype=torch.long, device=traj.x.device)
@@ -205,17 +208,19 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
             total.add(stats, len(micro))
             per_step[t].add(stats, len(micro))
             with torch.no_grad():
-                lr_all.append(st.logp_per_dim.detach() - traj.old_logp_per_dim[idx, t])
-                kl_all.append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
-                adv_all.append(a)
+                lr_all[t].append(st.logp_per_dim.detach() - traj.old_logp_per_dim[idx, t])
+                kl_all[t].append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
+                adv_all[t].append(a)
     dist.average_gradients(params, info)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
 
-    log_ratio, kl_d, a = torch.cat(lr_all), torch.cat(kl_all), torch.cat(adv_all)
+    per_t = [(torch.cat(lr_all[t]), torch.cat(kl_all[t]), torch.cat(adv_all[t])) for t in range(t_count)]
+    log_ratio, kl_d, a = (torch.cat([p[i] for p in per_t]) for i in range(3))
     stats = total.result()
-    stats.update({f"cf/{k}": v for k, v in losses.counterfactual_rates(log_ratio=log_ratio, kl_per_dim=kl_d,
-                                                                       advantages=a).items()})
+    stats.update({f"cf/{k}": v for k, v in losses.counterfactual_rates(
+        log_ratio=log_ratio, kl_per_dim=kl_d, advantages=a, clip_eps=cf_clip_grid(cfg, traj),
+        deltas=cf_delta_grid(cfg, traj)).items()})
     for q in _QUANTILES:
         stats[f"q/kl_old_per_dim@{q:g}"] = torch.quantile(kl_d.double(), q).float()
         stats[f"q/abs_log_ratio_per_dim@{q:g}"] = torch.quantile(log_ratio.abs().double(), q).float()
@@ -226,10 +231,32 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     step_block = {}
     for t, k in enumerate(traj.sde_indices):
         ps = dist.reduce_stats(per_step[t].result(), info)
-        step_block[str(k)] = {key: float(ps[key]) for key in _PER_STEP_KEYS if key in ps}
+        block = {key: float(ps[key]) for key in _PER_STEP_KEYS if key in ps}
+        lr_t, kl_t, a_t = per_t[t]
+        extra = {"sign_rule": ((a_t * lr_t) > 0).float().mean()}
+        for q in _QUANTILES[:2]:
+            extra[f"kl_old_per_dim@{q:g}"] = torch.quantile(kl_t.double(), q).float()
+            extra[f"abs_log_ratio_per_dim@{q:g}"] = torch.quantile(lr_t.abs().double(), q).float()
+        block.update({key: float(v) for key, v in dist.reduce_stats(extra, info).items()})
+        step_block[str(k)] = block
     out = {k: float(v) for k, v in stats.items()}
     out["per_step"] = step_block
     return out
+
+
+def cf_clip_grid(cfg: Config, traj: Trajectory) -> tuple[float, ...]:
+    """Counterfactual ε grid: the fixed grid, this run's clip ε and the ε matched to its δ (√(2δ/D))."""
+    d = traj.x[0, 0].numel()
+    delta_dim = cfg.delta if cfg.kl_reduction == "per_dim" else cfg.delta / d
+    extra = (float(f"{cfg.clip_range:.2g}"), float(f"{(2 * delta_dim / d) ** 0.5:.2g}"))
+    return tuple(sorted(set(losses.CLIP_EPS_GRID) | set(extra)))
+
+
+def cf_delta_grid(cfg: Config, traj: Trajectory) -> tuple[float, ...]:
+    """Counterfactual per-dim δ grid: the fixed grid plus this run's δ."""
+    d = traj.x[0, 0].numel()
+    delta_dim = cfg.delta if cfg.kl_reduction == "per_dim" else cfg.delta / d
+    return tuple(sorted(set(losses.DELTA_GRID) | {float(f"{delta_dim:.2g}")}))
 
 
 def _reward_stats(cfg: Config, names: Sequence[str], rewards: Tensor, adv: Tensor) -> dict:
@@ -389,6 +416,11 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         t2 = time.perf_counter()
         iter_fields = {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "sde_indices": sde_idx}
         iter_fields.update(_reward_stats(cfg, list(comps.rewards), rewards_all, adv_all))
+        if comps.log_rewards:
+            with torch.no_grad():
+                logged = dist.all_gather_cat(score(comps.log_rewards, images, items), info)
+            iter_fields.update({f"reward_log/{n}_mean": float(logged[:, j].mean())
+                                for j, n in enumerate(comps.log_rewards)})
         if traj.ref_mean is not None:
             with torch.no_grad():
                 ref_kl = gaussian_kl(traj.old_mean.flatten(0, 1), traj.ref_mean.flatten(0, 1),

@@ -80,4 +80,4 @@ class BrightnessReward:
 def toy_components(seed: int = 0) -> Components:
     items = [PromptItem(text=f"prompt {i}", atoms=(f"b{i}",), meta={"target": (i % 8) / 8 + 0.06}) for i in range(16)]
     return Components(policy=ToyPolicy(seed), splits={"train": items[:12], "test": items[12:], "ood": items[12:]},
-                      rewards={"brightness": BrightnessReward()})
+                      rewards={"brightness": BrightnessReward()}, log_rewards={"brightness": BrightnessReward()})

@@ -114,6 +114,7 @@ def test_smoke_run_every_loss(tmp_path, loss, kernel):
     """Three iterations × 2 epochs with β > 0 and CFG: finite logs, documented keys, trust-region invariants."""
     extra = ["predictive_step_size=1e-3"] if loss == "flow_dppo_predictive" else []
     cfg = _cfg(tmp_path, f"loss={loss}", f"kernel={kernel}", "iterations=3", "num_inner_epochs=2", "beta=0.01",
+               "log_rewards=brightness",
                "guidance_scale=1.5", "lr=3e-3", "delta=1e-6", "eval_every=2", "eval_prompts=2",
                "eval_samples_per_prompt=2", *extra)
     train(cfg, components=toy_components())
@@ -128,6 +129,8 @@ def test_smoke_run_every_loss(tmp_path, loss, kernel):
             if loss != "flow_dppo_predictive":
                 assert r["blocked"] <= r["kl_exceeded"] + 1e-6
     assert max(r["kl_ref"] for r in recs) > 0
+    assert all(r["reward_log/brightness_mean"] == r["reward/brightness_mean"] for r in recs)
+    assert "cf/clip_fire@0.00035" in recs[0] and "cf/mask_fire@1e-06" in recs[0]  # the run's own δ and ε(δ)
     evals = read_jsonl(Path(cfg.run_dir) / "eval.jsonl")
     assert [e["iteration"] for e in evals] == [0, 0, 2, 2, 3, 3]
     assert (Path(cfg.run_dir) / "samples" / "test_iter00003.png").exists()
