@@ -159,29 +159,43 @@ def theorem_terms(mdp: TabularMDP, old: np.ndarray, new: np.ndarray) -> dict[str
     }
 
 
-def tight_two_step_example(tv: float, xi: float = 1.0) -> tuple[TabularMDP, np.ndarray, np.ndarray]:
-    """An MDP on which Theorem 2's quadratic bound holds with EQUALITY (K − 1 = 2 decisions).
+def adversarial_example(horizon: int, p_old: float, p_new: float,
+                        xi: float = 1.0) -> tuple[TabularMDP, np.ndarray, np.ndarray]:
+    """Binary decisions with the reward chosen to make Theorem 1's error term Δ as large as possible.
 
-    Two binary decisions whose outcome is remembered in the state (s_2 = 2·a_1 + a_2); π_old picks
-    each action with probability ½, π_θ picks action 1 with probability ½ + tv (so D_TV = tv at every
-    state).  The reward R(s_2) = −ξ·sgn((ρ_1 − 1)(1 − ρ_2)) aligns with the error term, so
-    Δ = ξ·E|ρ_1 − 1|·E|1 − ρ_2| = ξ·(2·tv)² = 2ξ(K−1)(K−2)·tv² with (K−1)(K−2) = 2."""
+    Both policies ignore the state and pick action 1 with probability p_old / p_new (so D_TV = |p_new − p_old|
+    at every step); the state remembers the whole action history (s_{k+1} = 2·s_k + a_k, start 0), and the
+    terminal reward is R = ξ·sgn(Q(τ)) with Q = Σ_k (ρ_k − 1)(1 − Π_{j>k} ρ_j), which gives Δ = ξ·E_old|Q|.
+
+    * horizon 2, p_old = ½, p_new = ½ + tv attains Theorem 2 (Eq. 8) with EQUALITY: Q = (ρ_1 − 1)(1 − ρ_2),
+      Δ = ξ·(2tv)² = 2ξ(K−1)(K−2)·tv².
+    * horizon 2, p_old → 0, p_new → 1 gives Δ → ½ of App. B.3's linear penalty 4ξ·E[Σ_k D_TV,k], the
+      largest fraction found (the last decision's TV enters the penalty but cannot enter Δ)."""
+    if not (0.0 < p_old < 1.0 and 0.0 < p_new < 1.0):
+        raise ValueError(f"p_old and p_new must lie in (0, 1), got {p_old}, {p_new}")
+    n_states = 2**horizon
+    states = np.arange(n_states)
+    next_state = np.stack([np.stack([(2 * states) % n_states, (2 * states + 1) % n_states], axis=1)] * horizon)
+    init = np.zeros(n_states)
+    init[0] = 1.0
+    old = np.broadcast_to(np.array([1.0 - p_old, p_old]), (horizon, n_states, 2)).copy()
+    new = np.broadcast_to(np.array([1.0 - p_new, p_new]), (horizon, n_states, 2)).copy()
+    rho_of = {0: (1.0 - p_new) / (1.0 - p_old), 1: p_new / p_old}
+    reward = np.zeros(n_states)
+    for actions in itertools.product((0, 1), repeat=horizon):
+        rho = [rho_of[a] for a in actions]
+        q = sum((rho[k] - 1.0) * (1.0 - float(np.prod(rho[k + 1:]))) for k in range(horizon))
+        final = int("".join(map(str, actions)), 2)
+        reward[final] = xi * float(np.sign(q))
+    return TabularMDP(init=init, next_state=next_state, reward=reward), old, new
+
+
+def tight_two_step_example(tv: float, xi: float = 1.0) -> tuple[TabularMDP, np.ndarray, np.ndarray]:
+    """Theorem 2 attained with equality: two decisions, D_TV = tv at every state (0 < tv < ½),
+    J_θ − J_old = L′ − 2ξ(K−1)(K−2)·tv² exactly (see `adversarial_example`)."""
     if not 0.0 < tv < 0.5:
         raise ValueError(f"tv must lie in (0, 0.5), got {tv}")
-    next_state = np.zeros((2, 4, 2), dtype=np.int64)
-    next_state[0, 0] = [0, 1]                 # s_1 = a_1 (from the single start state 0)
-    for s in range(4):
-        next_state[1, s] = [2 * (s % 2), 2 * (s % 2) + 1]  # s_2 = 2·a_1 + a_2
-    init = np.array([1.0, 0.0, 0.0, 0.0])
-    old = np.full((2, 4, 2), 0.5)
-    new = np.tile(np.array([0.5 - tv, 0.5 + tv]), (2, 4, 1))
-    # ρ(a) − 1 = +2tv for a = 1, −2tv for a = 0; sign of (ρ_1 − 1)(1 − ρ_2) = −sign(a_1)·sign(a_2)
-    sign = lambda a: 1.0 if a == 1 else -1.0  # noqa: E731
-    reward = np.zeros(4)
-    for a1 in (0, 1):
-        for a2 in (0, 1):
-            reward[2 * a1 + a2] = xi * (-sign(a1) * sign(a2))
-    return TabularMDP(init=init, next_state=next_state, reward=reward), old, new
+    return adversarial_example(2, 0.5, 0.5 + tv, xi)
 
 
 # ----------------------------------------------------------------------------------------------------
