@@ -57,8 +57,8 @@ def test_kl_trust_region_implies_the_bound(params, log10_delta):
     mdp, old, new = make_policy_pair(params)
     delta = 10.0**log10_delta
 
-    def max_kl(p):
-        return float((old * (np.log(old) - np.log(p))).sum(-1).max())
+    def max_kl(p):   # KL ≥ 0; clip the −1e-17 that rounding gives for p = old
+        return max(0.0, float((old * (np.log(old) - np.log(p))).sum(-1).max()))
 
     lam = 1.0
     while max_kl((1 - lam) * old + lam * new) > delta and lam > 1e-12:
