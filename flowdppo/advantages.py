@@ -25,6 +25,16 @@ def _check_layout(rewards: Tensor, ndim: int, name: str) -> None:
         raise ValueError(f"{name} contains NaN/inf: every reward must be finite")
 
 
+def _mean(x: Tensor, dim: Optional[int] = None) -> Tensor:
+    """Mean computed as x_0 + mean(x − x_0) (keepdim): exactly x_0 for a constant slice, so a constant group
+    centres to exactly 0 (a plain float64 mean can be off by an ulp, which the eps floor then magnifies)."""
+    if dim is None:
+        ref = x.reshape(-1)[0]
+        return ref + (x - ref).mean()
+    ref = x.narrow(dim, 0, 1)
+    return ref + (x - ref).mean(dim=dim, keepdim=True)
+
+
 def _clip(adv: Tensor, clip: Optional[float]) -> Tensor:
     if clip is None:
         return adv
@@ -37,7 +47,7 @@ def group_advantages(rewards: Tensor, *, std_scope: StdScope = "global", eps: fl
                      clip: Optional[float] = None) -> Tensor:
     """Â = (R − mean_group R) / max(std, eps), rewards [P, G] → advantages [P, G]."""
     _check_layout(rewards, 2, "rewards")
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    centred = rewards - _mean(rewards, dim=1)
     if std_scope == "group":
         if rewards.shape[1] < 2:
             raise ValueError("std_scope='group' needs a group size G >= 2 (a single sample has no spread);"
@@ -65,7 +75,7 @@ def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = Non
         torch.as_tensor(list(weights), dtype=rewards.dtype, device=rewards.device)
     if w.shape != (k,):
         raise ValueError(f"weights has {w.numel()} entries but rewards has K={k} rewards")
-    per_reward = (rewards - rewards.mean(dim=1, keepdim=True)) / \
+    per_reward = (rewards - _mean(rewards, dim=1)) / \
         rewards.std(dim=1, keepdim=True, unbiased=False).clamp_min(eps)
     summed = (per_reward * w).sum(dim=2)
-    return _clip((summed - summed.mean()) / summed.std(unbiased=False).clamp_min(eps), clip)
+    return _clip((summed - _mean(summed)) / summed.std(unbiased=False).clamp_min(eps), clip)
