@@ -8,7 +8,6 @@ sign_rule is the fraction with Â·log r > 0 (= Â·(r − 1) > 0).  Exact up to
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given
 
 from flowdppo import divergence, losses
