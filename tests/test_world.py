@@ -1,13 +1,16 @@
 """The embedded world: shipped classifiers, rewards, prompt splits, policy protocol, pretraining."""
 from __future__ import annotations
 
-import torch
+import itertools
+import random
+
 import pytest
+import torch
 
 from flowdppo.policy.base import Policy
 from flowdppo.rewards.base import Reward
 from flowdppo.world import REWARD_NAMES, evaluate_images, expand_items, load_policy, make_reward, prompt_splits
-from flowdppo.world.data import CANVAS, CanvasSampler, EMPTY
+from flowdppo.world.data import CANVAS, EMPTY, RELATION_VARIANTS, CanvasSampler, relation_layouts, text_relations
 from flowdppo.world.judges import accuracy, heldout_set, load_judges
 
 # Floors a few points under the measured held-out accuracies (tifa 95.6 %, judge 95.7 %).
@@ -74,11 +77,44 @@ def test_prompt_splits_disjoint_and_deterministic():
     texts = {k: {it.text for it in v} for k, v in a.items()}
     assert all(len(texts[k]) == len(a[k]) for k in a)                    # no duplicates
     assert not (texts["train"] & texts["test"]) and not (texts["train"] | texts["test"]) & texts["ood"]
-    assert all(it.meta["num_digits"] == 3 and len(it.atoms) == 4 for it in a["train"] + a["test"])
+    assert all(it.meta["num_digits"] in (3, 4) and len(it.atoms) == 4 for it in a["train"] + a["test"])
+    assert {it.meta["num_digits"] for it in a["train"]} == {3, 4}
     layouts = {k: {it.meta["layout"] for it in a[k]} for k in ("train", "test")}
     assert not layouts["train"] & layouts["test"]                       # test = unseen combinations
     assert all(EMPTY not in it.meta["layout"] for it in a["ood"])
     assert [it.text for it in prompt_splits(1)["train"]] != [it.text for it in a["train"]]
+
+
+def _solve_relations(text: str) -> list[tuple[int, ...]]:
+    """Brute-force oracle: every layout (cell → digit, EMPTY elsewhere) satisfying the text's relations."""
+    rel_words = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
+    constraints = []
+    for clause in text.replace(", and ", ", ").split(", "):
+        words = clause.split()
+        x, rest = int(words[1]), " ".join(words[2:])
+        rel = next(r for r in rel_words if rest.startswith(r))
+        constraints.append((x, rel_words[rel], int(rest.split()[-1])))
+    digits = sorted({c[0] for c in constraints} | {c[2] for c in constraints})
+    rc = ((0, 0), (0, 1), (1, 0), (1, 1))
+    out = []
+    for cells in itertools.permutations(range(4), len(digits)):
+        where = dict(zip(digits, cells))
+        # "X rel Y": X sits one cell from Y in the named direction (row offset, column offset)
+        if all((rc[where[x]][0] - rc[where[y]][0], rc[where[x]][1] - rc[where[y]][1]) == (dr, dc)
+               for x, (dr, dc), y in constraints):
+            layout = [EMPTY] * 4
+            for d, c in where.items():
+                layout[c] = d
+            out.append(tuple(layout))
+    return out
+
+
+@pytest.mark.parametrize("num_digits", [3, 4])
+def test_every_relation_wording_determines_its_layout(num_digits):
+    rng = random.Random(num_digits)
+    for layout in rng.sample(relation_layouts(num_digits), 20):
+        for v in range(RELATION_VARIANTS):
+            assert _solve_relations(text_relations(layout, v)) == [layout], text_relations(layout, v)
 
 
 def test_policy_protocol(policy):

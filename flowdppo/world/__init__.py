@@ -3,18 +3,22 @@
 Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  Every prompt fixes one layout
 (the digit or emptiness of each cell), and the rewards score each cell as one atom.
 
-  in-domain (RL train / held-out test): three distinct digits in an L, placed ONLY by relations to each
-      other: "a 7 right of a 3, and a 1 below the 3" (3 top left, 7 top right, 1 bottom left, bottom
-      right empty).  No clause fixes a cell on its own: the model must combine the two relations and
-      resolve "the 3".  2880 layouts × 8 wordings; train and test use disjoint layouts.
+  in-domain (RL train / held-out test): distinct digits placed ONLY by relations to each other —
+      half with three digits in an L (2 relations, the fourth cell must stay empty):
+          "a 7 right of a 3, and a 1 below the 3"
+      half with four digits (a chain of 3 relations around the square):
+          "a 3 left of a 7, the 7 above a 1, and the 1 right of a 4"
+      No clause fixes a cell on its own: the model must combine relations and resolve "the 3".
+      8 wordings per layout; train and test use disjoint layouts (test = unseen combinations).
   out-of-domain (never seen by RL): full 4-digit grids in another wording, "top row 3 and 7, bottom
       row 1 and 8" — a forgetting probe, as the PickScore prompts are for GenEval2 training.
   pretraining also sees 1–4 digit "place" prompts ("a 3 top left and an 8 bottom right").
 
-Why this difficulty: with the place wording ("a 3 top left, a 7 top right and a 1 bottom left") the
-same 0.63 M-param model reached 96 % layout accuracy after 3000 steps — saturated like the probe's
-two-digit strip.  Relations make the base draw recognisable digits in the wrong cells (or in the
-empty cell) most of the time, the failure GenEval2's position atoms catch, while staying learnable.
+Why this difficulty: with place wording ("a 3 top left, a 7 top right and a 1 bottom left") the same
+0.63 M-param model reached 96 % layout accuracy after 3000 steps — saturated like the probe's
+two-digit strip — and with 3-digit relations alone 67 % after 4000 steps.  Relation chains make the
+base draw recognisable digits in the wrong cells (or in the empty cell) — the failure GenEval2's
+position atoms catch — while staying learnable.
 
 Public API (used by the trainer):
     load_policy(checkpoint=None, lora_rank=0, lora_alpha=None, device="cpu") -> TinyFlowPolicy

@@ -5,6 +5,7 @@ contents in reading order (top left, top right, bottom left, bottom right); each
 EMPTY.  Every prompt determines exactly one layout, so each cell is one checkable atom.  Wordings:
   places     "a 3 top left and an 8 bottom right"            (pretraining only)
   relations  "a 7 right of a 3, and a 1 below the 3"          (in-domain: RL train/test)
+             "a 3 left of a 7, the 7 above a 1, and the 1 right of a 4"
   rows       "top row 3 and 7, bottom row 1 and 8"            (out-of-domain: full grids)
 
 Splits of sklearn's 1797 digit images (seeded permutation, fixed forever):
@@ -69,22 +70,26 @@ def cells_of(images: Tensor) -> Tensor:
 
 
 class CanvasSampler:
-    """Composes canvases for layouts from one split's digit images (a random instance per cell)."""
+    """Composes canvases for layouts from one split's digit images: each filled cell gets a uniformly
+    random instance of its digit (vectorised: one uniform draw per cell, EMPTY cells stay 0)."""
 
     def __init__(self, split: str = "gen"):
-        self.images, self.labels = digit_splits()[split]
-        self.by_class = [torch.nonzero(self.labels == k).flatten() for k in range(10)]
+        images, labels = digit_splits()[split]
+        self.images = images[torch.argsort(labels, stable=True)]      # grouped by class
+        self.counts = torch.bincount(labels, minlength=10)
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
 
-    def __call__(self, layouts: Sequence[Layout], generator: torch.Generator) -> Tensor:
-        out = torch.zeros(len(layouts), *CANVAS)
-        for b, layout in enumerate(layouts):
-            for cell, digit in enumerate(layout):
-                if digit == EMPTY:
-                    continue
-                pool = self.by_class[digit]
-                pick = pool[int(torch.randint(len(pool), (1,), generator=generator))]
-                rs, cs = CELL_SLICES[cell]
-                out[b, 0, rs, cs] = self.images[pick]
+    def __call__(self, layouts: Tensor | Sequence[Layout], generator: torch.Generator) -> Tensor:
+        """layouts [B, 4] (digit or EMPTY) → canvases [B, 1, 16, 16] in [0, 1]."""
+        layouts = torch.as_tensor(layouts, dtype=torch.int64)
+        b = layouts.shape[0]
+        out = torch.zeros(b, *CANVAS)
+        u = torch.rand(b, 4, generator=generator)
+        for cell, (rs, cs) in enumerate(CELL_SLICES):
+            d = layouts[:, cell]
+            dc = d.clamp(min=0)
+            pick = self.offsets[dc] + (u[:, cell] * self.counts[dc]).long().clamp(max=self.counts[dc] - 1)
+            out[:, 0, rs, cs] = self.images[pick] * (d != EMPTY).view(b, 1, 1)
         return out
 
 
@@ -124,22 +129,14 @@ def _relation(a: int, b: int) -> str:
     return "above" if ra < rb else "below"
 
 
-def text_relations(layout: Layout, variant: int = 0) -> str:
-    """The relation template (in-domain): three distinct digits in an L, described only by relations
-    to each other, e.g. "a 7 right of a 3, and a 1 below the 3".  The corner cell (the one diagonal to
-    the empty cell) is adjacent to both others; clause 1 relates the corner to one neighbour, clause 2
-    places the other neighbour relative to "the" corner digit.  Neither clause alone fixes any cell:
-    the model must combine both (binding + reasoning).  variant ∈ [0, 8) picks which neighbour clause 1
-    uses, which digit is its subject, and the clause-2 wording."""
-    if sum(d == EMPTY for d in layout) != 1:
-        raise ValueError("the relation template describes exactly three digits")
-    digits = [d for d in layout if d != EMPTY]
-    if len(set(digits)) != 3:
-        raise ValueError("the relation template needs three distinct digits (it refers to 'the 3')")
+def _text_relations_l(layout: Layout, variant: int) -> str:
+    # Three digits in an L.  The corner cell (diagonal to the empty cell) is adjacent to both others;
+    # clause 1 relates the corner to one neighbour, clause 2 places the other neighbour relative to
+    # "the" corner digit.  Bits of `variant`: which neighbour clause 1 uses, which digit is its subject,
+    # and the clause-2 word order.
     hole = layout.index(EMPTY)
     corner = 3 - hole                                        # the cell diagonal to the hole
-    horiz = corner ^ 1                                       # same row, other column
-    vert = corner ^ 2                                        # same column, other row
+    horiz, vert = corner ^ 1, corner ^ 2                     # same row / same column neighbours
     first, second = (horiz, vert) if variant & 1 == 0 else (vert, horiz)
     a, b = (corner, first) if variant & 2 == 0 else (first, corner)
     clause1 = f"{_article(layout[a])} {_relation(a, b)} {_article(layout[b])}"
@@ -148,6 +145,38 @@ def text_relations(layout: Layout, variant: int = 0) -> str:
     else:
         clause2 = f"the {layout[corner]} {_relation(corner, second)} {_article(layout[second])}"
     return f"{clause1}, and {clause2}"
+
+
+_CYCLE = (0, 1, 3, 2)   # the four cells around the square
+
+
+def _text_relations_chain(layout: Layout, variant: int) -> str:
+    # Four digits: a chain of three relations around the square ("a 3 left of a 7, the 7 above a 1,
+    # and the 1 right of a 4"); the first digit's row is only known at the second hop.  `variant`
+    # picks the start cell (0–3) and the direction (bit 2).
+    step = 1 if variant & 4 == 0 else -1
+    path = [_CYCLE[(variant % 4 + step * i) % 4] for i in range(4)]
+    d = [layout[c] for c in path]
+    return (f"{_article(d[0])} {_relation(path[0], path[1])} {_article(d[1])}, "
+            f"the {d[1]} {_relation(path[1], path[2])} {_article(d[2])}, "
+            f"and the {d[2]} {_relation(path[2], path[3])} {_article(d[3])}")
+
+
+def text_relations(layout: Layout, variant: int = 0) -> str:
+    """The relation template (in-domain): distinct digits placed only by relations to each other.
+
+    Three digits (an L, one cell empty): "a 7 right of a 3, and a 1 below the 3".
+    Four digits (full grid): "a 3 left of a 7, the 7 above a 1, and the 1 right of a 4".
+    No clause fixes a cell on its own: the model must combine the relations and resolve "the 3".
+    variant ∈ [0, RELATION_VARIANTS) picks one of 8 wordings of the same layout."""
+    digits = [d for d in layout if d != EMPTY]
+    if len(set(digits)) != len(digits):
+        raise ValueError("the relation template needs distinct digits (it refers to 'the 3')")
+    if len(digits) == 3:
+        return _text_relations_l(layout, variant)
+    if len(digits) == 4:
+        return _text_relations_chain(layout, variant)
+    raise ValueError("the relation template describes three or four digits")
 
 
 TEMPLATES = {"places": text_places, "rows": text_rows, "relations": text_relations}
@@ -174,33 +203,44 @@ def _random_layout(rng: random.Random, num_digits: int) -> Layout:
 SPLIT_SIZES = {"train": 256, "test": 128, "ood": 128}
 
 
-def relation_layouts() -> list[Layout]:
-    """All 2880 in-domain layouts: three distinct digits in three of the four cells."""
-    return [ds[:hole] + (EMPTY,) + ds[hole:] for hole in range(4)
-            for ds in itertools.permutations(range(10), 3)]
+def relation_layouts(num_digits: int) -> list[Layout]:
+    """In-domain layouts with distinct digits: 3 digits in 3 of the 4 cells (2880) or 4 (5040)."""
+    if num_digits == 3:
+        return [ds[:hole] + (EMPTY,) + ds[hole:] for hole in range(4)
+                for ds in itertools.permutations(range(10), 3)]
+    if num_digits == 4:
+        return list(itertools.permutations(range(10), 4))
+    raise ValueError(f"relation layouts have 3 or 4 digits, got {num_digits}")
 
 
 @functools.lru_cache(maxsize=4)
 def _splits(seed: int) -> dict[str, tuple[PromptItem, ...]]:
-    # In-domain: relation prompts; train and test use disjoint layouts (test = unseen combinations of
-    # seen atoms), one random wording each.  OOD: full 4-digit grids in the row template — more slots,
-    # different wording, no relations; RL never sees it.
+    # In-domain: relation prompts, half with three digits (4 atoms incl. the empty cell, 2 relations)
+    # and half with four (3 chained relations); train and test use disjoint layouts (test = unseen
+    # combinations of seen atoms), one random wording each.  OOD: full 4-digit grids (digits may
+    # repeat) in the row template — different wording, no relations; RL never sees it.
     rng = random.Random(1000 + seed)
-    layouts = relation_layouts()
-    rng.shuffle(layouts)
-    n_tr, n_te = SPLIT_SIZES["train"], SPLIT_SIZES["test"]
-    in_domain = [make_item(l, "relations", "in_domain", rng.randrange(RELATION_VARIANTS))
+    n_tr, n_te = SPLIT_SIZES["train"] // 2, SPLIT_SIZES["test"] // 2
+    train, test = [], []
+    for k in (3, 4):
+        layouts = relation_layouts(k)
+        rng.shuffle(layouts)
+        items = [make_item(l, "relations", "in_domain", rng.randrange(RELATION_VARIANTS))
                  for l in layouts[:n_tr + n_te]]
+        train += items[:n_tr]
+        test += items[n_tr:]
+    rng.shuffle(train)
+    rng.shuffle(test)
     four = rng.sample(list(itertools.product(range(10), repeat=4)), SPLIT_SIZES["ood"])
-    return {"train": tuple(in_domain[:n_tr]), "test": tuple(in_domain[n_tr:]),
+    return {"train": tuple(train), "test": tuple(test),
             "ood": tuple(make_item(l, "rows", "ood") for l in four)}
 
 
 def prompt_splits(seed: int = 0) -> dict[str, list[PromptItem]]:
     """{"train", "test", "ood"} → prompt items (disjoint, deterministic in `seed`).
 
-    train/test: in-domain 3-digit relation prompts on disjoint layouts (test = held-out combinations);
-    ood: 4-digit full grids in the row template."""
+    train/test: in-domain relation prompts (half 3-digit, half 4-digit) on disjoint layouts
+    (test = held-out combinations); ood: 4-digit full grids in the row template."""
     return {k: list(v) for k, v in _splits(seed).items()}
 
 
@@ -213,22 +253,33 @@ def excluded_from_pretraining(seed: int = 0) -> set[str]:
     return out
 
 
-def pretraining_pool(size: int, seed: int, exclude: set[str]) -> list[PromptItem]:
+RELATION_SHARE = 0.1
+
+
+def pretraining_pool(size: int, seed: int, exclude: set[str], relation_share: float = RELATION_SHARE) -> list[PromptItem]:
     """A deterministic pool of pretraining prompts, skipping every text in `exclude`.
-    Mix (by draw): relations 45 %; places with 1/2/3/4 digits 5/10/15/10 %; full grids in rows 15 %."""
+
+    Mix (by draw): `relation_share` relation prompts (half 3-digit, half 4-digit); the rest is place
+    prompts with 1/2/3/4 digits (1:2:2:2) and full grids in the row template (3).  Relation prompts are
+    deliberately rare, as GenEval-style compositional captions are rare in a T2I model's pretraining
+    data: the base learns digits and places well and relations only partly."""
+    if not 0.0 <= relation_share < 1.0:
+        raise ValueError(f"relation_share must be in [0, 1), got {relation_share}")
     rng = random.Random(seed)
     pool: list[PromptItem] = []
     seen: set[str] = set(exclude)
-    kinds = ([(1, "places")] + [(2, "places")] * 2 + [(3, "places")] * 3 + [(4, "places")] * 2
-             + [(4, "rows")] * 3 + [(3, "relations")] * 9)
+    r = 10.0 * relation_share / (1.0 - relation_share)     # the other kinds weigh 10 in total
+    kinds = [(1, "places"), (2, "places"), (3, "places"), (4, "places"), (4, "rows"), (3, "relations"), (4, "relations")]
+    weights = [1, 2, 2, 2, 3, r / 2, r / 2]
     attempts = 0
     while len(pool) < size:
         attempts += 1
         if attempts > 100 * size:
             raise RuntimeError(f"could not draw {size} distinct pretraining prompts")
-        k, template = rng.choice(kinds)
+        k, template = rng.choices(kinds, weights)[0]
         if template == "relations":
-            item = make_item(rng.choice(_RELATION_LAYOUTS), template, "pretrain", rng.randrange(RELATION_VARIANTS))
+            layout = rng.choice(_RELATION_LAYOUTS[k])
+            item = make_item(layout, template, "pretrain", rng.randrange(RELATION_VARIANTS))
         else:
             item = make_item(_random_layout(rng, k), template, "pretrain")
         if item.text in seen:
@@ -238,4 +289,4 @@ def pretraining_pool(size: int, seed: int, exclude: set[str]) -> list[PromptItem
     return pool
 
 
-_RELATION_LAYOUTS = relation_layouts()
+_RELATION_LAYOUTS = {k: relation_layouts(k) for k in (3, 4)}

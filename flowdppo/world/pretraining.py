@@ -21,45 +21,22 @@ from typing import Optional
 import torch
 
 from ..policy.tiny import TINY_CONFIG, build_transformer
-from .data import CELL_SLICES, EMPTY, digit_splits, excluded_from_pretraining, pretraining_pool
+from .data import RELATION_SHARE, CanvasSampler, excluded_from_pretraining, pretraining_pool
 from .text import MiniLMEncoder
 
 DEFAULT_STEPS = 4000
 PROMPT_DROPOUT = 0.1
 
 
-class _FastCanvas:
-    """Vectorised canvas composition: a random gen-split instance of each requested digit per cell."""
-
-    def __init__(self):
-        images, labels = digit_splits()["gen"]
-        order = torch.argsort(labels, stable=True)
-        self.images = images[order]
-        counts = torch.bincount(labels, minlength=10)
-        self.counts = counts
-        self.offsets = torch.cumsum(counts, 0) - counts
-
-    def __call__(self, layouts: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """layouts [B, 4] (digit or EMPTY) → canvases [B, 1, 16, 16] in [0, 1]."""
-        b = layouts.shape[0]
-        out = torch.zeros(b, 1, 16, 16)
-        u = torch.rand(b, 4, generator=g)
-        for cell, (rs, cs) in enumerate(CELL_SLICES):
-            d = layouts[:, cell]
-            filled = d != EMPTY
-            dc = d.clamp(min=0)
-            pick = self.offsets[dc] + (u[:, cell] * self.counts[dc]).long().clamp(max=self.counts[dc] - 1)
-            out[:, 0, rs, cs] = self.images[pick] * filled.view(b, 1, 1)
-        return out
-
-
 def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int = 1,
              log_every: int = 250, batch_size: int = 128, lr: float = 1e-3, pool_size: int = 4096,
-             warmup: int = 200, config: Optional[dict] = None) -> dict:
+             warmup: int = 200, config: Optional[dict] = None, snapshot_every: int = 0,
+             relation_share: float = RELATION_SHARE) -> dict:
     """Train the base from scratch and save it (safetensors, config in the metadata) to out_path.
 
     steps: optimizer steps; batch_size: canvases per step; lr: AdamW peak (linear warm-up over `warmup`
     steps, cosine decay to 5 % of it); pool_size: distinct pretraining prompts (MiniLM-encoded once).
+    snapshot_every > 0 also saves <out_path stem>.step<N>.safetensors every N steps (learning curves).
     Returns a summary dict (steps, seconds, final loss, params), also stored in the checkpoint's metadata.
     out_path None trains without saving (tests).
     """
@@ -71,14 +48,14 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
     cfg = dict(config or TINY_CONFIG)
     model = build_transformer(cfg).train()
 
-    pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0))
+    pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0), relation_share)
     enc = MiniLMEncoder()
     states, pooled = enc.encode([it.text for it in pool])            # [N, L, 384], [N, 384]
     empty_states, empty_pooled = enc.encode([""])
     layouts = torch.tensor([it.meta["layout"] for it in pool])       # [N, 4]
     t_encoded = time.time()
 
-    canvas = _FastCanvas()
+    canvas = CanvasSampler("gen")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
@@ -104,6 +81,10 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
         opt.step()
         sched.step()
         running += float(loss.detach())                                       # host sync, once per step
+        if snapshot_every and out_path is not None and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            snap = Path(out_path).with_suffix(f".step{step + 1}.safetensors")
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(snap),
+                      metadata={"config": json.dumps(cfg)})
         if log_every and (step + 1) % log_every == 0:
             rec = {"step": step + 1, "loss": running / log_every, "lr": sched.get_last_lr()[0],
                    "seconds": round(time.time() - t_start, 1)}
@@ -112,7 +93,7 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
             running = 0.0
 
     summary = {"steps": steps, "seed": seed, "threads": threads, "batch_size": batch_size, "lr": lr,
-               "pool_size": pool_size, "params": sum(p.numel() for p in model.parameters()),
+               "pool_size": pool_size, "relation_share": relation_share, "params": sum(p.numel() for p in model.parameters()),
                "encode_seconds": round(t_encoded - t_start, 1), "seconds": round(time.time() - t_start, 1),
                "final_loss": history[-1]["loss"] if history else float(loss.detach())}
     if out_path is not None:
@@ -131,9 +112,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--pool-size", type=int, default=4096)
+    p.add_argument("--snapshot-every", type=int, default=0)
+    p.add_argument("--relation-share", type=float, default=RELATION_SHARE)
     a = p.parse_args(argv)
     summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every,
-                       pool_size=a.pool_size)
+                       pool_size=a.pool_size, snapshot_every=a.snapshot_every,
+                       relation_share=a.relation_share)
     print(json.dumps(summary))
 
 
