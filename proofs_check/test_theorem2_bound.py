@@ -6,8 +6,9 @@ Both follow from |Δ| ≤ penalty, which is checked on both sides.  Exact arithm
 
 The quadratic constant is sharp: `analysis.toy_mdp.adversarial_example` attains Eq. 8 with equality
 (H = 2), so a bound with a smaller constant (a dropped 2, (K−1)(K−2)/2, …) fails here.  The linear
-constant is only pinned to within a factor 2: the largest |Δ| found is 0.499 of 4ξ·E[Σ_k D_TV,k] (random
-MDPs reach 0.41), so a halved linear constant would go unnoticed — a known limit, see README.  The chain of
+bound is not sharp: the largest |Δ| found is 0.499 of 4ξ·E[Σ_k D_TV,k] (random MDPs reach 0.41), so its
+validity check alone could not tell 4ξ from 2ξ; its constant is pinned by the closed-form values on the
+adversarial example instead.  The chain of
 Remark 3 / Pinsker is also checked: per-step KL ≤ δ ⇒ J_θ − J_old ≥ L′ − ξ(K−1)(K−2)·δ.
 """
 from __future__ import annotations
@@ -70,13 +71,19 @@ def test_kl_trust_region_implies_the_bound(params, log10_delta):
     assert t["improvement"] >= t["L_prime"] - t["xi"] * h * (h - 1) * delta - ATOL
 
 
-def test_linear_bound_is_within_a_factor_two_of_tight():
-    """App. B.3: on the extreme two-decision example (action 1 w.p. 0.001 → 0.999) |Δ| reaches 0.499 of the
-    linear penalty, and the bound still holds."""
-    mdp, old, new = toy_mdp.adversarial_example(2, 0.001, 0.999)
+@pytest.mark.parametrize("p_old,p_new", [(0.001, 0.999), (0.5, 0.9), (0.3, 0.2)])
+def test_linear_bound_on_the_adversarial_example(p_old, p_new):
+    """App. B.3 on the two-decision adversarial example, in closed form: with TV = |p_new − p_old| at every
+    step, Δ = ξ·E|ρ_1 − 1|·E|1 − ρ_2| = 4ξ·TV² and the linear penalty is 4ξ·E[Σ_k D_TV,k] = 8ξ·TV, so
+    |Δ| / penalty = TV/2 (0.499 at the extreme): the bound holds, pinned to its exact value (which also
+    pins the constant 4ξ), and no example has been found with |Δ| above half the penalty."""
+    xi = 1.5
+    mdp, old, new = toy_mdp.adversarial_example(2, p_old, p_new, xi)
     t = toy_mdp.theorem_terms(mdp, old, new)
+    tv = abs(p_new - p_old)
     assert t["improvement"] >= t["bound_linear"] - ATOL
-    assert 0.49 < abs(t["Delta"]) / t["penalty_linear"] <= 0.5
+    assert t["Delta"] == pytest.approx(4 * xi * tv**2, rel=1e-9)
+    assert t["penalty_linear"] == pytest.approx(8 * xi * tv, rel=1e-9)
 
 
 def test_linear_bound_beats_quadratic_for_large_changes():
