@@ -99,7 +99,9 @@ def gaussian_tv(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
 
 def pinsker_tv_bound(kl_total):
     """Pinsker: D_TV ≤ √(KL/2) (paper §2.3).  Works on floats and tensors."""
-    return kl_total ** 0.5 / math.sqrt(2.0) if not isinstance(kl_total, Tensor) else torch.sqrt(kl_total / 2.0)
+    if isinstance(kl_total, Tensor):
+        return torch.sqrt(kl_total.clamp_min(0.0) / 2.0)
+    return math.sqrt(max(kl_total, 0.0) / 2.0)
 
 
 def kl_threshold_from_tv(delta_tv: float) -> float:
