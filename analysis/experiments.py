@@ -42,21 +42,26 @@ from typing import Any, Iterable, Optional
 # The one place to rescale everything
 # ---------------------------------------------------------------------------------------------------
 BASE: dict[str, Any] = {
-    "iterations": 150,          # rollout→update iterations ("training epochs" on the paper's x axes)
+    # Scale chosen for one session on 2 shared CPU cores (~1.5 s per 1-thread iteration; 93 runs ≈ 1 h
+    # wall with --jobs 2).  The runs use a pinned copy of the base (analysis/data/, the provisional
+    # world base of commit 0da69ef: `flowdppo pretrain --steps 4000 --seed 0 --threads 1` at that commit).
+    "checkpoint": "analysis/data/world_base_experiments.safetensors",
+    "iterations": 30,           # rollout→update iterations ("training epochs" on the paper's x axes)
     "prompts_per_iter": 8,      # groups per rollout (paper: 64)
     "group_size": 8,            # samples per prompt (paper: 16)
     "num_minibatches": 4,       # optimizer steps per inner epoch
     "num_inner_epochs": 1,
-    "lr": 1e-4,                 # full fine-tuning of the 0.6 M-param world model (probe: 1e-4 stable)
+    "lr": 3e-4,                 # the paper's lr; full fine-tuning of the 0.6 M-param world model
     "num_steps": 10,
     "sde_steps_per_traj": 3,    # MixGRPO: 3 SDE steps from the first half
     "sde_window": (0.0, 0.5),
     "eta": 0.7,
     "eval_every": 10,
-    "eval_prompts": 32,
+    "eval_prompts": 16,
     "eval_samples_per_prompt": 4,
     "checkpoint_every": 10,
     "log_ref_kl": True,         # Fig. 12 / Table 2 need KL(π_old‖π_ref) every iteration
+    "log_rewards": ("agreement", "realism", "ink"),  # OOD stand-ins logged at weight 0, as the paper logs CLIP etc.
 }
 SEEDS: tuple[int, ...] = (0, 1, 2)
 LATENT_DIM = 256                # embedded world: 1×16×16 (the calibration pilot checks run.json)
@@ -68,7 +73,7 @@ MULTI_REWARDS = ("tifa", "agreement", "realism", "ink")
 # Provisional δ_mid until `calibrate_deltas` has measured KL_old (the probe's median at lr 1e-4).
 PROVISIONAL_DELTA_MID = {"flow_sde": 1e-4, "cps": 1e-4}
 CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "delta_calibration.json"
-CALIBRATION_ITERATIONS = 20
+CALIBRATION_ITERATIONS = 10
 CALIBRATION_SEED = 100          # not one of SEEDS: the pilot is not an experiment run
 # Per-iteration cost model for `estimate_cpu_seconds` (probe: 0.85 s at I1, 1.2 s at I2 → an inner
 # epoch of updates is ≈ 40 % of an I1 iteration; an evaluation samples 2 splits × 32 × 4 images by ODE,
