@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-MAX_TOKENS = 24   # longest prompt of the world ("a 3 top left, … and an 8 bottom right") is 22 tokens
+MAX_TOKENS = 24   # the longest prompts of the world (4-digit relation chains with "an 8") are 22 tokens
 TEXT_DIM = 384
 _CHUNK = 64
 
