@@ -139,7 +139,8 @@ def test_cfg_scale_one_is_the_conditional_velocity(policy):
         v_u = policy.velocity(x, 0.5, {k[7:]: v for k, v in cond.items() if k.startswith("uncond_")})
         v3 = policy.velocity(x, 0.5, cond, guidance_scale=3.0)
     torch.testing.assert_close(v1, v_c)
-    torch.testing.assert_close(v3, v_u + 3.0 * (v_c - v_u), atol=1e-5, rtol=1e-5)
+    # the guided call batches [uncond; cond] in one pass: equal up to batch-composition float noise
+    torch.testing.assert_close(v3, v_u + 3.0 * (v_c - v_u), atol=1e-4, rtol=1e-4)
     assert (v_c - v_u).abs().mean() > 1e-3                               # the prompt matters
 
 
