@@ -42,10 +42,8 @@ from typing import Any, Iterable, Optional
 # The one place to rescale everything
 # ---------------------------------------------------------------------------------------------------
 BASE: dict[str, Any] = {
-    # Scale chosen for one session on 2 shared CPU cores (~1.5 s per 1-thread iteration; 93 runs ≈ 1 h
-    # wall with --jobs 2).  The runs use a pinned copy of the base (analysis/data/, the provisional
-    # world base of commit 0da69ef: `flowdppo pretrain --steps 4000 --seed 0 --threads 1` at that commit).
-    "checkpoint": "analysis/data/world_base_experiments.safetensors",
+    # Scale chosen for one session on 2 shared CPU cores (~1.5 s per 1-thread iteration; the committed
+    # figures' ~70 runs took ≈ 1 h wall with --jobs 2).  The runs use the shipped base (flowdppo/assets).
     "iterations": 30,           # rollout→update iterations ("training epochs" on the paper's x axes)
     "prompts_per_iter": 8,      # groups per rollout (paper: 64)
     "group_size": 8,            # samples per prompt (paper: 16)
