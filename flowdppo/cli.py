@@ -37,6 +37,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _print_summary(run_dir: Path) -> None:
     from .runlog import read_jsonl
+    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("minibatch") == 0 and r.get("epoch") == 0]
+    keys = [k for k in (steps[0] if steps else {}) if k.startswith("reward/") and k.endswith("_mean")]
+    if len(steps) >= 4 and keys:
+        n = max(1, len(steps) // 5)
+        first, last = steps[:n], steps[-n:]
+        print(f"training reward (rollout samples, mean of the first / last {n} iterations): " + "  ".join(
+            f"{k[7:-5]} {sum(r[k] for r in first) / n:.3f}->{sum(r[k] for r in last) / n:.3f}" for k in keys))
     evals = read_jsonl(run_dir / "eval.jsonl")
     if not evals:
         return

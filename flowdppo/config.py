@@ -28,7 +28,7 @@ class Config:
     """Run directory (config, logs, samples, checkpoints). Empty: runs/<loss>-<kernel>-s<seed>-<timestamp>."""
     seed: int = 0
     """Master seed; every random draw of iteration i derives from (seed, i), which makes resume exact."""
-    iterations: int = 150
+    iterations: int = 60
     """Rollout → update iterations ("epochs" in the paper's figures)."""
     threads: int = 2
     """torch intra-op threads (two 1-thread runs side by side use 2 cores better than one 2-thread run)."""
@@ -134,7 +134,7 @@ class Config:
     same geometry, so the first update after a rollout is exactly on-policy (anchors F6)."""
 
     # --- evaluation, logging, checkpoints -------------------------------------------------------------
-    eval_every: int = 25
+    eval_every: int = 10
     """Evaluate every N iterations (and at 0 and at the end); 0 = never."""
     eval_num_steps: int = 10
     """ODE steps of the pinned evaluation regime."""
