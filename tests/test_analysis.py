@@ -248,7 +248,7 @@ def test_registry_shares_runs_and_scales_thresholds():
             assert all(len(s) >= 3 for s in cells.values()), key
     assert len(ids) == 93
     est = experiments.estimate_cpu_seconds(1.0)
-    assert est["runs"] == 93 and est["cpu_seconds"] > 93 * 150
+    assert est["runs"] == 93 and est["cpu_seconds"] > 93 * experiments.BASE["iterations"]
 
 
 def test_deltas_from_pilot_rounds_to_one_digit():
