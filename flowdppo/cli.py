@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
     t.set_defaults(fn=_train)
     pt = sub.add_parser("pretrain", help="rebuild the embedded base model")
-    pt.add_argument("--out", default="flowdppo/assets/base.safetensors")
+    pt.add_argument("--out", default="runs/world_base.safetensors",
+                    help="where to write the rebuilt base (the shipped one is flowdppo/assets/world_base.safetensors)")
     pt.add_argument("--steps", type=int)
     pt.add_argument("--seed", type=int)
     pt.add_argument("--threads", type=int)
