@@ -172,32 +172,44 @@ def _legend(fig, axes) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Training-curve figures (Figs 2/7/9, 4/8, 10, 11)
 # ---------------------------------------------------------------------------------------------------
+def _train_column(r, metric: str) -> str:
+    """The training-batch column of a reward: trained (reward/…) or logged at weight 0 (reward_log/…)."""
+    return f"reward/{metric}_mean" if f"reward/{metric}_mean" in r.iters else f"reward_log/{metric}_mean"
+
+
 def curves_figure(ctx: Ctx, key: str, name: str, paper: list[str], title: str, *, training_rewards: bool = False,
                   x_kind: str = "cpu_hours") -> None:
+    """Top row: training-batch rewards per iteration, as the paper's curves (trained rewards and the ones
+    logged at weight 0); bottom row: the pinned ODE evaluation on held-out in-domain prompts."""
     specs = ctx.reg[key]
     cells = by_cell(specs)
-    fig, axes = _subplots(1, len(PANELS), figsize=(3.1 * len(PANELS), 2.8))
+    fig, axes = _subplots(2, len(PANELS), figsize=(3.1 * len(PANELS), 5.4))
     keys = []
-    for ax, (metric, paper_metric, panel_title) in zip(axes, PANELS):
-        col = f"reward/{metric}_mean"
-        use_train = training_rewards and metric != "diversity"
+    for j, (metric, paper_metric, panel_title) in enumerate(PANELS):
+        ax_t, ax_e = axes[0, j], axes[1, j]
         for cell, cs in cells.items():
-            if use_train:
-                x, Y = iter_curves(ctx, cs, col)
-            else:
-                x, Y = eval_curves(ctx, cs, metric, "test", x_kind)
+            x, Y = eval_curves(ctx, cs, metric, "test", x_kind)
             if Y.size:
-                plots.curve_band(ax, x, Y, label=cell, color=plots.METHOD_COLORS.get(cell))
-        keys.append(col if use_train else f"eval[test].{metric}")
-        xlabel = "iteration (≙ training epoch)" if (use_train or x_kind == "iteration") else "CPU hours (≙ GPU hours)"
-        plots.style(ax, xlabel=xlabel, title=panel_title + (" (train)" if use_train else " (test split)"))
-    plots.missing_note(axes[0], ctx.status(specs)[1])
+                plots.curve_band(ax_e, x, Y, label=cell, color=plots.METHOD_COLORS.get(cell))
+            if metric != "diversity":
+                present = [ctx.run(s) for s in cs if ctx.run(s) is not None]
+                if present:
+                    xt, Yt = iter_curves(ctx, cs, _train_column(present[0], metric))
+                    if Yt.size:
+                        plots.curve_band(ax_t, xt, Yt, label=cell, color=plots.METHOD_COLORS.get(cell))
+        keys += [f"reward/{metric}_mean|reward_log/{metric}_mean", f"eval[test].{metric}"]
+        plots.style(ax_t, xlabel="iteration (≙ training epoch)", title=panel_title + " (training batch)")
+        plots.style(ax_e, xlabel="CPU hours (≙ GPU hours)" if x_kind != "iteration" else "iteration",
+                    title=panel_title + " (held-out test eval)")
+    axes[0, len(PANELS) - 3].text(0.5, 0.5, "diversity: eval only", ha="center", va="center",
+                                  transform=axes[0, len(PANELS) - 3].transAxes, fontsize=7, color="grey")
+    plots.missing_note(axes[0, 0], ctx.status(specs)[1])
     _legend(fig, axes)
     _finish(fig, ctx, name, specs, title)
-    cap = (f"{title}. Seed mean ± 95 % t-interval over seeds. Panels: " +
-           ", ".join(p[2] for p in PANELS) +
-           (". Training-batch rewards per iteration (smoothed), diversity from the pinned evaluation."
-            if training_rewards else ". Pinned ODE evaluation on held-out in-domain prompts (test split)."))
+    cap = (f"{title}. Seed mean ± 95 % t-interval over seeds. Panels: " + ", ".join(p[2] for p in PANELS) +
+           ". Top: training-batch rewards per iteration (smoothed; rewards not trained are logged at weight 0, "
+           "as the paper logs CLIP/PickScore/HPSv2). Bottom: pinned ODE evaluation on held-out in-domain "
+           "prompts (test split, layouts never trained on).")
     ctx.record(name, paper=paper, specs=specs, keys=keys, caption=cap)
 
 
