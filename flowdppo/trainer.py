@@ -34,7 +34,7 @@ from .runlog import JsonlLog, atomic_torch_save, atomic_write_json, git_commit, 
 
 # Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
 _PROMPTS, _SDE_IDX, _NOISE, _SHUFFLE = 1, 2, 3, 4
-_QUANTILES = (0.5, 0.9, 0.99)
+_QUANTILES = tuple(p / 100 for p in (50, 90, 99))  # logged quantiles of KL_old and |log r|
 # Per-step stats kept in the log's "per_step" block (the full set is averaged over steps at top level).
 _PER_STEP_KEYS = ("kl_per_dim_mean", "ratio_mean", "log_ratio_abs_mean", "kl_exceeded", "blocked_pos",
                   "blocked_neg", "kept", "clip_frac")
