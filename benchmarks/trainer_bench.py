@@ -47,9 +47,16 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra config overrides for both losses")
     args = ap.parse_args()
     times: dict[str, list[dict]] = {"flow_dppo": [], "flow_grpo": []}
+    # The world's text encoder caches encodings process-wide: encode every prompt once up front, or the
+    # first loss to see a prompt pays for encoding it and the comparison is biased.
+    warm = build_components(make_config({}, ["progress=false", *args.overrides]))
+    texts = [it.text for split in warm.splits.values() for it in split]
+    for i in range(0, len(texts), 256):
+        warm.policy.encode_prompts(texts[i:i + 256])
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for loss in ("flow_dppo", "flow_grpo"):
+            order = ("flow_dppo", "flow_grpo") if rep % 2 == 0 else ("flow_grpo", "flow_dppo")
+            for loss in order:
                 its = one_run(loss, args.iterations, args.threads, rep, Path(tmp), args.overrides)
                 times[loss] += its[args.warmup:]
     cfg = make_config({}, args.overrides)
