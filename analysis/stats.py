@@ -102,26 +102,25 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
         return np.where(cnt > 0, tot / np.where(cnt > 0, cnt, 1), np.nan)
 
 
-def tail_mean(y: np.ndarray, frac: float = 0.1) -> np.ndarray:
-    """Mean of the last ⌈frac·n⌉ finite points along the last axis (an end-of-training value)."""
+def _edge_mean(y: np.ndarray, frac: float, last: bool) -> np.ndarray:
+    """Mean of the first or last ⌈frac·n⌉ finite points along the last axis, one value per row."""
     y = np.atleast_2d(np.asarray(y, dtype=float))
     out = []
     for row in y:
         f = row[np.isfinite(row)]
         k = max(1, int(np.ceil(frac * f.size)))
-        out.append(f[-k:].mean() if f.size else np.nan)
+        out.append((f[-k:] if last else f[:k]).mean() if f.size else np.nan)
     return np.array(out)
+
+
+def tail_mean(y: np.ndarray, frac: float = 0.1) -> np.ndarray:
+    """Mean of the last ⌈frac·n⌉ finite points along the last axis (an end-of-training value)."""
+    return _edge_mean(y, frac, last=True)
 
 
 def head_mean(y: np.ndarray, frac: float = 0.25) -> np.ndarray:
     """Mean of the first ⌈frac·n⌉ finite points (an early-training value)."""
-    y = np.atleast_2d(np.asarray(y, dtype=float))
-    out = []
-    for row in y:
-        f = row[np.isfinite(row)]
-        k = max(1, int(np.ceil(frac * f.size)))
-        out.append(f[:k].mean() if f.size else np.nan)
-    return np.array(out)
+    return _edge_mean(y, frac, last=False)
 
 
 def peak_to_final_drop(y: np.ndarray, window: int, frac: float = 0.1) -> np.ndarray:

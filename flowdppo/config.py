@@ -318,10 +318,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(d: dict[str, Any]) -> Config:
-    return make_config(d)
-
-
 def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
     """Fields that differ between two configs (JSON-normalised)."""
     da, db = json.loads(json.dumps(a.to_dict())), json.loads(json.dumps(b.to_dict()))

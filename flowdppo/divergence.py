@@ -117,8 +117,3 @@ def tv_threshold_from_kl(delta_kl: float) -> float:
     if delta_kl < 0:
         raise ValueError(f"delta_kl must be >= 0, got {delta_kl}")
     return float(tv_from_kl(torch.tensor(delta_kl, dtype=torch.float64)))
-
-
-def per_dim_to_sum(delta_per_dim: float, latent_dim: int) -> float:
-    """A per-dim threshold (published convention) as a full-norm KL for latent size D."""
-    return delta_per_dim * latent_dim

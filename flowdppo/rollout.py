@@ -61,11 +61,6 @@ class Trajectory:
     def cond_rows(self, idx: Tensor) -> Cond:
         return cond_index(self.cond, self.row_prompt[idx])
 
-    def std_at(self, idx, t: int) -> Tensor:
-        """Std of trained step t for rows idx, shaped [b, 1, …] to broadcast over the latent."""
-        s = self.std[idx, t]
-        return s.reshape(-1, *([1] * (self.x.ndim - 2)))
-
 
 def sample_generators(seed: int, iteration: int, indices: Sequence[int], device) -> list[torch.Generator]:
     gens = []
