@@ -34,6 +34,11 @@ class Config:
     """torch intra-op threads (two 1-thread runs side by side use 2 cores better than one 2-thread run)."""
     device: str = "cpu"
     """torch device for the policy ("cpu", "cuda", "cuda:0")."""
+    parallel: Literal["auto", "replicate", "fsdp"] = "auto"
+    """Multi-rank weight layout (torchrun): "replicate" = full replicas + one gradient all-reduce per step
+    (DDP-equivalent); "fsdp" = FSDP2-sharded weights, optimizer state and frozen reference (full
+    fine-tuning only); "auto" = fsdp for full fine-tuning on > 1 rank, else replicate.  Checkpoints hold
+    full tensors either way, so a run may resume under another layout or world size."""
 
     # --- model ----------------------------------------------------------------------------------------
     model: str = "embedded"

@@ -1,24 +1,35 @@
 """torch.distributed helpers.  A run launched by `torchrun` has RANK/WORLD_SIZE set; otherwise everything
 here is a no-op for a single process.
 
-Design: every rank holds a full replica of the trainable parameters; gradients are averaged with one
-all-reduce per optimizer step (what DDP does, without hooking the policy's forward), so parameters stay
-bit-identical across ranks (anchors F10).  Rewards are all-gathered so advantages use statistics of the
-GLOBAL batch (the paper's global std).
+Two ways to hold the trainable weights (config.parallel):
+
+* replicate (LoRA, small models): every rank holds a full replica of the trainable parameters; gradients
+  are averaged with one all-reduce per optimizer step (what DDP does, without hooking the policy's
+  forward), so parameters stay bit-identical across ranks (anchors F10).
+* fsdp (full fine-tuning): FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every transformer block and
+  the root of the trainable transformer — and of its frozen reference copy — over the ranks; gradients are
+  reduce-scattered (averaged) in backward, parameters and AdamW state are DTensor shards.
+
+Checkpoints hold FULL tensors in both modes (`gather_full_state` / `shard_optimizer_state`), so a run
+saved at one world size and mode resumes at any other.  Rewards are all-gathered so advantages use
+statistics of the GLOBAL batch (the paper's global std).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as td
+from torch import nn
 
 
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
+    fsdp: bool = False   # trainable weights sharded with FSDP2 (gradients reduced in backward)
 
     @property
     def is_main(self) -> bool:
@@ -34,9 +45,18 @@ def init_from_env(device: str = "cpu") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(local_device(device)))
     if not td.is_initialized():
         td.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return DistInfo(rank=td.get_rank(), world_size=td.get_world_size())
+
+
+def local_device(device: str) -> str:
+    """This process's device: under torchrun a bare "cuda" means cuda:LOCAL_RANK (one GPU per rank)."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -49,8 +69,9 @@ def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average .grad over ranks in one flat all-reduce (missing grads count as zeros)."""
-    if not info.enabled:
+    """Average .grad over ranks in one flat all-reduce (missing grads count as zeros).  A no-op under FSDP,
+    whose backward already reduce-scattered the (averaged) gradients into each rank's shard."""
+    if not info.enabled or info.fsdp:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -92,3 +113,71 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     td.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# FSDP2 (full fine-tuning)
+# ----------------------------------------------------------------------------------------------------
+# ModuleList attributes holding the repeated blocks of the transformers we train (diffusers SD3/SD3.5,
+# FLUX.1, FLUX.2: transformer_blocks + single_transformer_blocks).  Each block becomes one FSDP unit, so
+# at most one block's full weights are gathered at a time besides the root's own (embeddings, heads).
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def fsdp_shard(module: nn.Module, device: str) -> nn.Module:
+    """Shard `module` in place over all ranks with FSDP2: one unit per transformer block, then the root.
+    Works for frozen modules too (the full-fine-tuning reference copy)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (td.get_world_size(),))
+    for name in BLOCK_LISTS:
+        for block in getattr(module, name, None) or ():
+            fully_shard(block, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+def _is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def local_numel(params: Sequence[torch.Tensor]) -> int:
+    """Elements this rank actually stores (a DTensor's local shard; a plain tensor whole)."""
+    return sum((p.to_local() if _is_dtensor(p) else p).numel() for p in params)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (collective for a DTensor; identity otherwise)."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def gather_full_state(state: Any, info: DistInfo) -> Any:
+    """A (nested) state dict with every DTensor replaced by its full tensor on CPU — kept on rank 0 only
+    (other ranks get None leaves).  Collective: every rank calls it with the same structure, and the
+    tensors are gathered one at a time, so at most one full tensor is in flight besides rank 0's copy."""
+    if isinstance(state, dict):
+        return {k: gather_full_state(v, info) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(gather_full_state(v, info) for v in state)
+    if isinstance(state, torch.Tensor):
+        full = full_tensor(state).detach()
+        return full.to("cpu", copy=True) if info.is_main else None
+    return state
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, full: dict) -> dict:
+    """The inverse of gather_full_state for an optimizer: full per-parameter state tensors (saved at any
+    world size) cut into the DTensor layout of this optimizer's (sharded) parameters, ready for
+    optimizer.load_state_dict.  Scalars (AdamW's step) and plain-tensor parameters pass through."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for idx, entry in full["state"].items():
+        p = params[int(idx)]
+        state[idx] = {k: (distribute_tensor(v.to(p.device, p.dtype), p.device_mesh, p.placements)
+                          if _is_dtensor(p) and isinstance(v, torch.Tensor) and v.shape == p.shape else v)
+                      for k, v in entry.items()}
+    return {"state": state, "param_groups": full["param_groups"]}

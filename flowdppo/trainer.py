@@ -11,6 +11,7 @@ One iteration:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -30,7 +31,7 @@ from .policy.base import Policy, sigma_batch
 from .prompts import PromptItem
 from .rewards.base import Reward, check_scores
 from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
-from .runlog import JsonlLog, atomic_torch_save, atomic_write_json, git_commit, versions
+from .runlog import JsonlLog, atomic_torch_save, atomic_write_json, git_commit, read_jsonl, versions
 
 # Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
 _PROMPTS, _SDE_IDX, _NOISE, _SHUFFLE = 1, 2, 3, 4
@@ -212,7 +213,7 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
                 kl_all[t].append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
                 adv_all[t].append(a)
     dist.average_gradients(params, info)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    grad_norm = dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     optimizer.step()
 
     per_t = [(torch.cat(lr_all[t]), torch.cat(kl_all[t]), torch.cat(adv_all[t])) for t in range(t_count)]
@@ -274,8 +275,9 @@ def _reward_stats(cfg: Config, names: Sequence[str], rewards: Tensor, adv: Tenso
 # Evaluation
 # ----------------------------------------------------------------------------------------------------
 def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run_dir: Path,
-             eval_log: JsonlLog) -> dict[str, dict[str, float]]:
-    """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds."""
+             eval_log: JsonlLog, *, write: bool = True) -> dict[str, dict[str, float]]:
+    """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
+    write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
     from .evaluation import evaluate_split, save_grid
     results = {}
     for split in ("test", "ood"):
@@ -283,9 +285,10 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
         if not items:
             continue
         metrics, images = evaluate_split(policy, comps, cfg, items)
-        eval_log.append({"iteration": iteration, "split": split, **metrics})
-        save_grid(images, cfg.eval_samples_per_prompt, run_dir / "samples" / f"{split}_iter{iteration:05d}.png",
-                  max_prompts=8)
+        if write:
+            eval_log.append({"iteration": iteration, "split": split, **metrics})
+            save_grid(images, cfg.eval_samples_per_prompt,
+                      run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=8)
         results[split] = metrics
     return results
 
@@ -322,7 +325,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         if not (run_dir / "config.json").exists():
             raise ValueError(f"cannot resume: {run_dir}/config.json does not exist (is --resume the run dir?)")
         saved = make_config(__import__("json").loads((run_dir / "config.json").read_text()))
-        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads"))
+        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads", "parallel"))
         if diff:
             lines = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, a, b in
                               ((k, *v) for k, v in diff.items()))
@@ -333,8 +336,13 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
                          f" or choose another run_dir")
 
     torch.manual_seed(cfg.seed)  # the only global-RNG use: LoRA initialisation when building the policy
-    comps = components or build_components(cfg)
+    comps = components or build_components(cfg.replace(device=dist.local_device(cfg.device)))
     policy = comps.policy
+    # A checkpoint holds full tensors: load the weights before sharding, the optimizer state after.
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume and ckpt_path.exists() else None
+    if state is not None:
+        policy.load_trainable_state_dict(state["policy"])
+    info = _setup_parallel(cfg, policy, info)
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)
@@ -353,10 +361,9 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
 
     metrics_log, eval_log = JsonlLog(run_dir / "metrics.jsonl"), JsonlLog(run_dir / "eval.jsonl")
     start_iter, opt_step = 0, 0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
-        policy.load_trainable_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        optimizer.load_state_dict(dist.shard_optimizer_state(optimizer, state["optimizer"]) if info.fsdp
+                                  else state["optimizer"])
         start_iter, opt_step = state["iteration"], state["opt_step"]
         if info.is_main:
             metrics_log.truncate_to(state["metrics_lines"])
@@ -368,7 +375,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "run.json", {
             "latent_dim": latent_dim, "latent_shape": list(policy.latent_shape), "git_commit": git_commit(),
-            "versions": versions(), "world_size": info.world_size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": versions(), "world_size": info.world_size, "fsdp": info.fsdp, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "threshold_units": f"delta is per-{cfg.kl_reduction} KL; D = {latent_dim}",
             "matched_clip_eps": (2 * cfg.delta / latent_dim) ** 0.5 if cfg.kl_reduction == "per_dim" else None})
     dist.barrier(info)
@@ -382,9 +389,13 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
 
     want_ref = cfg.beta > 0 or cfg.log_ref_kl
     bar = _progress(cfg, info, start_iter)
+    # a finished run extended with more iterations already holds the evaluation at its last iteration
+    # (decided on rank 0 and broadcast: under FSDP every rank must take the same evaluation branch)
+    evaluated = dist.broadcast_object({r.get("iteration") for r in read_jsonl(eval_log.path)}
+                                      if start_iter and info.is_main else set(), info)
     for it in range(start_iter, cfg.iterations):
-        if cfg.eval_every and it % cfg.eval_every == 0 and info.is_main:
-            evaluate(policy, comps, cfg, it, run_dir, eval_log)
+        if cfg.eval_every and it % cfg.eval_every == 0 and (info.is_main or info.fsdp) and it not in evaluated:
+            evaluate(policy, comps, cfg, it, run_dir, eval_log, write=info.is_main)
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, it, _PROMPTS))
         chosen = torch.randperm(len(train_items), generator=g)[: cfg.prompts_per_iter].tolist()
@@ -451,20 +462,39 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
             bar.set_postfix(reward=f"{iter_fields[f'reward/{next(iter(comps.rewards))}_mean']:.3f}",
                             kept=f"{fields.get('kept', float('nan')):.2f}", refresh=False)
         last = it + 1 == cfg.iterations
-        if last and cfg.eval_every and info.is_main:
-            evaluate(policy, comps, cfg, it + 1, run_dir, eval_log)
-        if info.is_main and (last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0)):
-            atomic_torch_save(ckpt_path, {"iteration": it + 1, "opt_step": opt_step,
-                                          "policy": policy.trainable_state_dict(),
-                                          "optimizer": optimizer.state_dict(),
-                                          "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines,
-                                          "config": cfg.to_dict()})
+        if last and cfg.eval_every and (info.is_main or info.fsdp):
+            evaluate(policy, comps, cfg, it + 1, run_dir, eval_log, write=info.is_main)
+        if last or (cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0):
+            if info.fsdp:   # collective: shards gathered into full tensors on rank 0
+                weights = dist.gather_full_state(policy.fsdp_roots()[0].state_dict(), info)
+                opt_state = dist.gather_full_state(optimizer.state_dict(), info)
+            elif info.is_main:
+                weights, opt_state = policy.trainable_state_dict(), optimizer.state_dict()
+            if info.is_main:
+                atomic_torch_save(ckpt_path, {"iteration": it + 1, "opt_step": opt_step, "policy": weights,
+                                              "optimizer": opt_state, "world_size": info.world_size,
+                                              "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines,
+                                              "config": cfg.to_dict()})
         dist.barrier(info)
     if bar is not None:
         bar.close()
     if tb is not None:
         tb.close()
     return run_dir
+
+
+def _setup_parallel(cfg: Config, policy: Policy, info: dist.DistInfo) -> dist.DistInfo:
+    """Apply config.parallel: shard the policy's full-fine-tuning modules with FSDP2, or keep replicas."""
+    roots = [m for m in (policy.fsdp_roots() if hasattr(policy, "fsdp_roots") else []) if m is not None]
+    if cfg.parallel == "fsdp" and not roots:
+        raise ValueError("config.parallel='fsdp' shards full fine-tuning, but this policy has no full-fine-tuning "
+                         "modules (LoRA, or a policy without fsdp_roots()). Fix: set lora_rank=0 for full "
+                         "fine-tuning, or parallel=replicate (LoRA adapters are small: replicas + all-reduce)")
+    if not info.enabled or cfg.parallel == "replicate" or not roots:
+        return info
+    for module in roots:
+        dist.fsdp_shard(module, dist.local_device(cfg.device))
+    return dataclasses.replace(info, fsdp=True)
 
 
 def _progress(cfg: Config, info: dist.DistInfo, start: int):

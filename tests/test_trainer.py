@@ -212,6 +212,13 @@ def test_config_errors_name_field_and_fix(override, field):
     assert field in msg and ("Fix" in msg or "Did you mean" in msg), msg
 
 
+def test_fsdp_without_full_finetuning_modules_is_refused_before_anything_is_written(tmp_path):
+    cfg = _cfg(tmp_path, "iterations=1", "parallel=fsdp")
+    with pytest.raises(ValueError, match=r"config\.parallel='fsdp'.*Fix: set lora_rank=0"):
+        train(cfg, components=toy_components())   # the toy policy has no fsdp_roots()
+    assert not (Path(cfg.run_dir) / "config.json").exists()
+
+
 def test_nan_reward_raises(tmp_path):
     class NaNReward(BrightnessReward):
         def __call__(self, images, items):

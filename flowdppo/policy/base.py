@@ -30,6 +30,9 @@ class Policy(Protocol):
     def reference(self) -> ContextManager[None]: ...    # inside: velocity() is the frozen base π_ref
     def trainable_state_dict(self) -> dict[str, Tensor]: ...
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None: ...
+    # Optional: fsdp_roots() -> list[nn.Module] — for full fine-tuning, the trainable transformer (whose
+    # state_dict() is trainable_state_dict()) and its frozen reference, to be sharded with FSDP2 under
+    # config.parallel = "fsdp"/"auto"; [] or absent: the policy is replicated across ranks.
 
 
 def cond_index(cond: Cond, idx) -> Cond:

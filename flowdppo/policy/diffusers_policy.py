@@ -294,6 +294,11 @@ class DiffusersPolicy:
         finally:
             self._in_reference = False
 
+    def fsdp_roots(self) -> list[nn.Module]:
+        """Full fine-tuning: [trainable transformer, frozen reference copy] for FSDP2 sharding (the first's
+        state_dict() keys are trainable_state_dict()'s); LoRA: [] (adapters are replicated instead)."""
+        return [self._core, self._ref_transformer] if self.full_finetune else []
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """LoRA weights only (peft naming, adapter name stripped) or, when full_finetune, the whole
         transformer; detached CPU copies."""

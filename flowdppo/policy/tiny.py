@@ -113,6 +113,11 @@ class TinyFlowPolicy:
             finally:
                 self.transformer.enable_adapters()
 
+    def fsdp_roots(self) -> list[nn.Module]:
+        """Full fine-tuning: [trainable transformer, frozen reference copy] for FSDP2 sharding (their
+        state_dict() keys are trainable_state_dict()'s); LoRA: [] (adapters are replicated instead)."""
+        return [] if self.lora_rank > 0 else [self.transformer, self._reference]
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
         if self.lora_rank > 0:
             from peft import get_peft_model_state_dict
