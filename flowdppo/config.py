@@ -39,6 +39,9 @@ class Config:
     (DDP-equivalent); "fsdp" = FSDP2-sharded weights, optimizer state and frozen reference (full
     fine-tuning only); "auto" = fsdp for full fine-tuning on > 1 rank, else replicate.  Checkpoints hold
     full tensors either way, so a run may resume under another layout or world size."""
+    fsdp_gather_inference: bool = True
+    """Under FSDP, gather each sharded block once per rollout / evaluation pass and keep it until the pass
+    ends (fast; holds the full weights during the pass) instead of re-gathering it at every forward."""
 
     # --- model ----------------------------------------------------------------------------------------
     model: str = "embedded"

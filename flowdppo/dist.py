@@ -16,9 +16,10 @@ statistics of the GLOBAL batch (the paper's global std).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as td
@@ -136,6 +137,28 @@ def fsdp_shard(module: nn.Module, device: str) -> nn.Module:
             fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module
+
+
+@contextlib.contextmanager
+def gathered_for_inference(roots: Sequence[nn.Module], enabled: bool = True) -> Iterator[None]:
+    """Inference passes (rollout, evaluation) over FSDP-sharded modules: all-gather each unit once, at its
+    first forward, and keep it until the pass ends — instead of once per forward (num_steps × chunks
+    times).  Costs the full weights of `roots` for the duration of the pass (still less than a replica
+    with its gradients and AdamW state).  A no-op when disabled or for unsharded modules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    roots = [r for r in roots if isinstance(r, FSDPModule)] if enabled else []
+    for r in roots:
+        r.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for r in roots:
+            r.set_reshard_after_forward(True)
+            r.set_reshard_after_forward(False, recurse=False)   # FSDP2's default for a root module
+            for m in r.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
 
 
 def _is_dtensor(t: Any) -> bool:

@@ -279,12 +279,14 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
     """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
     write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
     from .evaluation import evaluate_split, save_grid
+    roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
     results = {}
     for split in ("test", "ood"):
         items = comps.splits.get(split, [])[: cfg.eval_prompts]
         if not items:
             continue
-        metrics, images = evaluate_split(policy, comps, cfg, items)
+        with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
+            metrics, images = evaluate_split(policy, comps, cfg, items)
         if write:
             eval_log.append({"iteration": iteration, "split": split, **metrics})
             save_grid(images, cfg.eval_samples_per_prompt,
@@ -343,6 +345,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
     if state is not None:
         policy.load_trainable_state_dict(state["policy"])
     info = _setup_parallel(cfg, policy, info)
+    fsdp_roots = [m for m in policy.fsdp_roots() if m is not None] if info.fsdp else []
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                   weight_decay=cfg.weight_decay)
@@ -413,10 +416,11 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         epoch0 = minibatch_assignment(b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=0,
                                       first_global=first_global)
         chunks = [m for mb in epoch0 for m in split_micro(mb, cfg.micro_size)]
-        traj = rollout(policy, cond, row_prompt, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel, eta=cfg.eta,
-                       guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE), iteration=it,
-                       global_indices=global_rows, chunks=chunks, want_ref=want_ref,
-                       ref_guidance_scale=cfg.ref_guidance_scale)
+        with dist.gathered_for_inference(fsdp_roots, cfg.fsdp_gather_inference):
+            traj = rollout(policy, cond, row_prompt, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel,
+                           eta=cfg.eta, guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE),
+                           iteration=it, global_indices=global_rows, chunks=chunks, want_ref=want_ref,
+                           ref_guidance_scale=cfg.ref_guidance_scale)
         t1 = time.perf_counter()
         with torch.no_grad():
             images = policy.decode(traj.final)

@@ -180,13 +180,16 @@ def test_fsdp_full_finetune_of_a_diffusers_flux_pipeline(tmp_path):
             f"resolution={TINY_RESOLUTION}", "lora_rank=0", "dtype=float32", "prompts_per_iter=2", "group_size=2",
             "num_minibatches=2", "num_steps=4", "sde_steps_per_traj=1", "eval_every=0", "progress=false",
             "threads=1", "lr=1e-3", "beta=0.01", "iterations=2"]
-    for n in (1, 2):
+    for name, n, extra in (("run1", 1, []), ("run2", 2, []), ("run2_regather", 2, ["fsdp_gather_inference=false"])):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "flowdppo", "train", f"run_dir={tmp_path / f'run{n}'}", *args]
+               "-m", "flowdppo", "train", f"run_dir={tmp_path / name}", *args, *extra]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads((tmp_path / "run2" / "run.json").read_text())["fsdp"] is True
     _close_checkpoints(tmp_path / "run1", tmp_path / "run2", atol=1e-5)
+    # gathering once per rollout pass vs at every forward: the same all-gathered weights, bit for bit
+    a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False)["policy"] for n in ("run2", "run2_regather"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     before = _tiny_flux_weights(tmp_path / "flux")
     after = torch.load(tmp_path / "run2" / "checkpoint.pt", weights_only=False)["policy"]
     assert after.keys() == before.keys()
