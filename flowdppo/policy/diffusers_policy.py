@@ -22,11 +22,13 @@ What the base class guarantees (the Policy protocol, flowdppo/policy/base.py):
   * full_finetune=True trains every transformer weight; the reference is a frozen copy of the base
     transformer in `dtype`.  Memory per transformer parameter: 4 B fp32 weight + 4 B grad + 8 B AdamW
     state + 2 B bf16 reference ≈ 18 B, i.e. ≈ 40 GB for SD3.5-medium (2.24 B params) and ≈ 215 GB for
-    FLUX (11.9 B) — FLUX full fine-tuning needs sharding, which this adapter does not do.
+    FLUX (11.9 B) per GPU when replicated; under torchrun the trainer shards both transformers with
+    FSDP2 (config.parallel, `fsdp_roots()`), dividing that by the number of ranks.
 
 Extra (not in the protocol): `sigma_schedule(num_steps)` gives the pipeline's own σ grid (its scheduler
 shift / resolution-dependent shift) so rollouts can match the diffusers sampler; `wrap_transformer(fn)`
-lets a trainer wrap the transformer (DDP, FSDP) while LoRA toggling keeps acting on the bare module;
+lets a trainer wrap the transformer (e.g. torch.compile) while LoRA toggling keeps acting on the bare
+module; `fsdp_roots()` hands the full-fine-tuning modules to the trainer's FSDP2 sharding;
 `save_lora_for_diffusers(dir)` writes the LoRA so a plain pipeline can `load_lora_weights(dir)`;
 `policy_from_pipeline(pipe, …)` wraps an already built pipeline (the benchmark's random full-size ones).
 
@@ -159,8 +161,8 @@ class DiffusersPolicy:
         """Subclasses raise if the resolution does not fit the VAE/patch grid."""
 
     def wrap_transformer(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
-        """Replace the module velocity() calls by wrapper(transformer) (e.g. DDP).  Adapter toggling,
-        state dicts and trainable_parameters keep using the bare transformer."""
+        """Replace the module velocity() calls by wrapper(transformer) (e.g. a compiled or instrumented
+        module).  Adapter toggling, state dicts and trainable_parameters keep using the bare transformer."""
         self.transformer = wrapper(self._core)
 
     # ------------------------------------------------------------------------------------------------
