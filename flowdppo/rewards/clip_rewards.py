@@ -5,8 +5,9 @@
   PickScore   yuvalkirstain/PickScore_v1 (processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K);
               scale = the model's exp(logit_scale) (≈ 100), i.e. the ~20–23 values the paper reports.
   CLIP score  openai/clip-vit-large-patch14; scale 1 (plain cosine, ≈ 0.25–0.38 in the paper's tables).
-  HPSv2(.1)   an open_clip ViT-H-14 fine-tune; scale 1 (HPSv2's score is the cosine).  See HPSv2Reward
-              for why it needs weights converted to a transformers CLIPModel.
+  HPSv2(.1)   an open_clip ViT-H-14 fine-tune; scale 1 (HPSv2's score is the cosine, no logit_scale).
+              Runs from a transformers CLIPModel directory made once by
+              `python -m flowdppo.rewards.hpsv2_convert HPS_v2.1_compressed.pt OUT` (see hpsv2_convert).
 
 Images are preprocessed in torch on the reward's device (`common.clip_pixel_values`, using the
 processor's size / crop / mean / std) so a batch never round-trips through PIL.  Scoring is batched
@@ -105,21 +106,34 @@ class ClipScoreReward(ClipSimilarityReward):
 HPSV2_BLOCKED = (
     "HPSv2/HPSv2.1 is published only as an open_clip checkpoint (hub xswu/HPSv2, HPS_v2.1_compressed.pt) "
     "and open_clip needs torchvision, which cannot be installed beside torch 2.13 on these machines. "
-    "Convert the checkpoint once (elsewhere) into a transformers CLIPModel directory — ViT-H-14 is the "
-    "same architecture as laion/CLIP-ViT-H-14-laion2B-s32B-b79K — and pass make_reward('hpsv2', "
-    "model=<that directory>).  The score is then HPSv2's own: the cosine of the image and text embeddings.")
+    "Convert the checkpoint once into a transformers CLIPModel directory with "
+    "`python -m flowdppo.rewards.hpsv2_convert HPS_v2.1_compressed.pt OUT_DIR "
+    "[--tokenizer laion/CLIP-ViT-H-14-laion2B-s32B-b79K or a local copy]` and pass "
+    "make_reward('hpsv2', model=OUT_DIR).  The score is then HPSv2's own: the cosine of the image and "
+    "text embeddings.")
 
 
 class HPSv2Reward(ClipSimilarityReward):
-    """HPSv2 from weights already converted to a transformers CLIPModel (a local directory or hub id).
+    """HPSv2 from weights converted to a transformers CLIPModel (`flowdppo.rewards.hpsv2_convert`; a local
+    directory or hub id).
 
-    Raises a ValueError explaining the block (HPSV2_BLOCKED) when no such model is given or when given
-    the original open_clip checkpoint."""
+    Score = cos(image embedding, text embedding), no logit_scale: HPSv2's own scoring code
+    (github.com/tgxs002/HPSv2, hpsv2/img_score.py) computes `image_features @ text_features.T` on
+    open_clip's `model(image, text)` outputs, which open_clip L2-normalises, and takes the diagonal;
+    the logit_scale the model also returns is not used.
 
-    def __init__(self, model: Optional[str] = None, processor: Optional[str] = HPSV2_PROCESSOR, **kwargs):
+    processor: where the tokenizer and image processor come from — by default the model directory
+    itself when it has a (pre)processor_config.json (hpsv2_convert writes both), else the laion ViT-H-14
+    hub repo.  Raises a ValueError explaining the block (HPSV2_BLOCKED) when no model is given or when
+    given the original open_clip checkpoint."""
+
+    def __init__(self, model: Optional[str] = None, processor: Optional[str] = None, **kwargs):
         if model is None:
             raise ValueError("make_reward('hpsv2') needs model=<transformers CLIPModel directory>. " + HPSV2_BLOCKED)
         if Path(model).suffix in (".pt", ".pth", ".bin", ".safetensors") or model.rstrip("/").endswith("xswu/HPSv2"):
             raise ValueError(f"{model!r} is the original open_clip HPSv2 checkpoint, not a transformers "
                              "CLIPModel. " + HPSV2_BLOCKED)
+        if processor is None:
+            has_own = any((Path(model) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json"))
+            processor = model if has_own else HPSV2_PROCESSOR
         super().__init__("hpsv2", model, processor, use_logit_scale=False, **kwargs)

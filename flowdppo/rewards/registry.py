@@ -3,7 +3,8 @@
     name            class (module)                         main kwargs (all optional unless noted)
     "pickscore"     PickScoreReward (clip_rewards)         model, processor, device, dtype, batch_size
     "clip"          ClipScoreReward (clip_rewards)         model, processor, device, dtype, batch_size
-    "hpsv2"         HPSv2Reward (clip_rewards)             model (REQUIRED: converted CLIPModel dir), …
+    "hpsv2"         HPSv2Reward (clip_rewards)             model (REQUIRED: CLIPModel dir made by
+                                                           `python -m flowdppo.rewards.hpsv2_convert`), …
     "geneval2_vlm"  SoftTifaVLMReward (soft_tifa)          model, device, dtype, batch_size, aggregation
     "ocr"           OCRReward (ocr)                        threads, text_score
     "jpeg"          JpegCompressibility (jpeg)             quality, per_megapixel
