@@ -114,6 +114,10 @@ class Config:
     """Reward names (flowdppo.rewards.registry); several = multi-reward."""
     log_rewards: tuple[str, ...] = ()
     """Rewards computed on every rollout for the logs only (weight 0), e.g. agreement,realism,ink."""
+    reward_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Constructor arguments per reward name, e.g. {"hpsv2": {"model": "/ckpt/hpsv2.1-hf"}, "pickscore":
+    {"device": "cuda:1"}} in a JSON config, or on the command line reward_kwargs.hpsv2.model=/ckpt/hpsv2.1-hf
+    (values parsed as JSON when they can be, else kept as strings)."""
     reward_weights: Optional[tuple[float, ...]] = None
     """Weights per reward (None = equal)."""
     advantage: Literal["group", "gdpo"] = "group"
@@ -216,6 +220,10 @@ class Config:
             bad("lr", f"{self.lr} <= 0", "use a positive learning rate")
         if not self.rewards:
             bad("rewards", "no reward given", "e.g. rewards=tifa")
+        unknown = sorted(set(self.reward_kwargs) - set(self.rewards) - set(self.log_rewards))
+        if unknown:
+            bad("reward_kwargs", f"arguments for {unknown}, which are in neither rewards {list(self.rewards)} "
+                f"nor log_rewards {list(self.log_rewards)}", "add the reward to rewards/log_rewards or fix its name")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             bad("reward_weights", f"{len(self.reward_weights)} weights for {len(self.rewards)} rewards",
                 "give one weight per reward")
@@ -289,6 +297,11 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
         if hint is str:
             return str(value)
+        if origin is dict:
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ValueError('must be a JSON object of objects, e.g. {"hpsv2": {"model": "/path"}}')
+            return {str(k): dict(v) for k, v in value.items()}
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.{key}: cannot use {value!r} ({e}). Fix: give a {hint} value") from None
     return value
@@ -308,10 +321,26 @@ def make_config(base: Optional[dict[str, Any]] = None, overrides: Optional[list[
             raise ValueError(f"override {item!r} is not key=value (e.g. lr=3e-4)")
         key, value = item.split("=", 1)
         key = key.strip().lstrip("-").replace("-", "_")
+        if key.startswith("reward_kwargs."):   # reward_kwargs.<reward>.<argument>=<value>
+            parts = key.split(".")
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(f"override {item!r}: use reward_kwargs.<reward>.<argument>=<value>, "
+                                 "e.g. reward_kwargs.hpsv2.model=/ckpt/hpsv2.1-hf")
+            kwargs = {k: dict(v) for k, v in values.get("reward_kwargs", {}).items()}
+            kwargs.setdefault(parts[1], {})[parts[2]] = _json_or_str(value)
+            values["reward_kwargs"] = kwargs
+            continue
         if key not in FIELDS:
             raise _unknown(key)
         values[key] = _coerce(key, value)
     return Config(**values).validate()
+
+
+def _json_or_str(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -77,8 +77,16 @@ def build_components(cfg: Config) -> Components:
     else:
         from .prompts import load_prompt_splits
         splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
-    rewards = {name: make_reward(name) for name in cfg.rewards}
-    log_rewards = {name: make_reward(name) for name in cfg.log_rewards}
+    def build(name: str) -> Reward:
+        kwargs = cfg.reward_kwargs.get(name, {})
+        try:
+            return make_reward(name, **kwargs)
+        except TypeError as err:   # an argument the reward's constructor does not take
+            raise ValueError(f"config.reward_kwargs.{name}: {kwargs} does not fit reward {name!r} ({err}). Fix: "
+                             f"see its constructor in flowdppo.rewards.registry's table") from None
+
+    rewards = {name: build(name) for name in cfg.rewards}
+    log_rewards = {name: build(name) for name in cfg.log_rewards}
     return Components(policy=policy, splits=splits, rewards=rewards, log_rewards=log_rewards,
                       evaluate_images=evaluate)
 

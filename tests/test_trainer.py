@@ -18,7 +18,7 @@ from flowdppo.losses import POLICY_LOSSES
 from flowdppo.metrics import undocumented_step_keys
 from flowdppo.rollout import rollout
 from flowdppo.runlog import read_jsonl
-from flowdppo.trainer import Components, minibatch_assignment, policy_loss_fn, train, update_minibatch
+from flowdppo.trainer import Components, build_components, minibatch_assignment, policy_loss_fn, train, update_minibatch
 from flowdppo import dist
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -217,6 +217,17 @@ def test_fsdp_without_full_finetuning_modules_is_refused_before_anything_is_writ
     with pytest.raises(ValueError, match=r"config\.parallel='fsdp'.*Fix: set lora_rank=0"):
         train(cfg, components=toy_components())   # the toy policy has no fsdp_roots()
     assert not (Path(cfg.run_dir) / "config.json").exists()
+
+
+def test_reward_kwargs_reach_the_reward_constructor(tmp_path):
+    cfg = make_config({"reward_kwargs": {"jpeg": {"quality": 50}}},
+                      [f"run_dir={tmp_path}", "rewards=tifa", "log_rewards=jpeg", "reward_kwargs.jpeg.per_megapixel=true"])
+    comps = build_components(cfg)
+    assert comps.log_rewards["jpeg"].quality == 50 and comps.log_rewards["jpeg"].per_megapixel is True
+    with pytest.raises(ValueError, match=r"config\.reward_kwargs\.jpeg.*Fix"):
+        build_components(make_config({}, ["rewards=jpeg", "reward_kwargs.jpeg.qualty=3"]))
+    with pytest.raises(ValueError, match=r"config\.reward_kwargs: arguments for \['pickscore'\]"):
+        make_config({}, ["rewards=tifa", "reward_kwargs.pickscore.model=/x"])
 
 
 def test_nan_reward_raises(tmp_path):
