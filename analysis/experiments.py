@@ -49,6 +49,7 @@ BASE: dict[str, Any] = {
     "group_size": 8,            # samples per prompt (paper: 16)
     "num_minibatches": 4,       # optimizer steps per inner epoch
     "num_inner_epochs": 1,
+    "beta": 0.0,                # the committed runs: no KL-to-reference unless a run sets β (Fig. 11/13 sweep)
     "lr": 1e-4,                 # full fine-tuning of the 0.6 M-param world model (3e-4, the paper's LoRA lr, degraded every method within 30 iterations here)
     "num_steps": 10,
     "sde_steps_per_traj": 3,    # MixGRPO: 3 SDE steps from the first half

@@ -103,7 +103,8 @@ if td.is_initialized():
 '''
 
 FSDP_ARGS = ["prompts_per_iter=4", "group_size=2", "num_steps=6", "sde_steps_per_traj=2", "num_minibatches=2",
-             "eval_every=1", "eval_prompts=2", "eval_samples_per_prompt=2", "progress=false", "threads=1"]
+             "eval_every=1", "eval_prompts=2", "eval_samples_per_prompt=2", "progress=false", "threads=1",
+             "beta=0.1"]
 
 
 def _launch_world(nproc: int, run_dir: Path, iterations: int) -> None:
@@ -129,7 +130,8 @@ def _close_checkpoints(a: Path, b: Path, atol: float) -> None:
 
 
 def test_fsdp_full_finetune_matches_one_rank_and_resumes_across_world_sizes(tmp_path):
-    """Full fine-tuning of the embedded transformer (0.63 M weights, lr 1e-4, 2 iterations × 2 AdamW steps):
+    """Full fine-tuning of the embedded transformer (0.63 M weights, lr 1e-4, β 0.1 with the sharded frozen
+    reference, 2 iterations × 2 AdamW steps):
     the 2-rank FSDP2 run shards weights and optimizer state (each rank stores ≈ half), every rank sees the
     same full weights after every step, and its checkpoint (full tensors) matches the 1-rank run's.  A
     checkpoint written by either world size resumes on the other to the same end point.

@@ -26,7 +26,7 @@ from _toy import BrightnessReward, toy_components  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["prompts_per_iter=4", "group_size=4", "num_minibatches=2", "eval_every=0", "rewards=brightness",
-         "progress=false", "threads=1", "num_steps=6", "sde_steps_per_traj=2"]
+         "progress=false", "threads=1", "num_steps=6", "sde_steps_per_traj=2", "beta=0"]
 
 
 def _cfg(tmp_path, *extra):
