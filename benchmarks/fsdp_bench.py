@@ -8,10 +8,14 @@ trained with full fine-tuning by the trainer itself (`flowdppo.trainer.train`, 2
 × 4 samples).  For each layout the launcher starts `torchrun --nproc_per_node 2` on this file in worker
 mode; layouts alternate for `--reps` rounds.  Each rank reports:
 
-  * stored trainable bytes: its local share of the trainable weights + their gradients (counted from the
-    tensors after the last optimizer step; AdamW state is 2× the weights on top, sharded alike);
-  * peak RSS of the process (`resource.getrusage`), which also holds the sharded frozen reference copy,
-    the text encoder and Python;
+  * stored training state: its local share of the trainable weights, their gradients and the AdamW
+    moments (counted from the tensors after the last optimizer step);
+  * peak RSS of the process (`resource.getrusage`).  On CPU this is NOT the steady state: it includes the
+    full model each rank builds before sharding, transient copies (AdamW's foreach temporaries, the
+    gathered weights of a rollout pass, rank 0's full-tensor checkpoint) and heap that glibc keeps after
+    frees — read it as an upper bound, not as the layout's footprint.  Rank 0 alone writes the
+    checkpoint, which holds FULL tensors (weights + AdamW moments gathered to its CPU RAM), so it is
+    reported apart from rank 1;
   * seconds per iteration (the log's `time/step_s`, rollout and reward times).
 
 A script, not a test: it prints what it measured and the ratios fsdp ÷ replicate; it asserts nothing.
@@ -19,6 +23,7 @@ A script, not a test: it prints what it measured and the ratios fsdp ÷ replicat
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -52,12 +57,19 @@ def worker(mode: str, out: Path, layers: int) -> None:
     comps = Components(policy=policy, splits=world.prompt_splits(), rewards={"tifa": world.make_reward("tifa")})
     seen: dict = {}
 
+    def local_bytes(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
     def on_step(step, pol):
         params = pol.trainable_parameters()
-        seen["weights_bytes"] = dist.local_numel(params) * 4
-        seen["grads_bytes"] = sum((g.to_local() if hasattr(g, "to_local") else g).numel() * 4
-                                  for g in (p.grad for p in params) if g is not None)
-        seen["total_params"] = sum(dist.full_tensor(p.detach()).numel() for p in params)
+        seen["weights_bytes"] = sum(local_bytes(p) for p in params)
+        seen["grads_bytes"] = sum(local_bytes(p.grad) for p in params if p.grad is not None)
+        # the trainer's AdamW, found by type (the trainer does not hand it to hooks)
+        opt = next(o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer))
+        seen["adam_state_bytes"] = sum(local_bytes(v) for st in opt.state.values() for v in st.values()
+                                       if torch.is_tensor(v) and v.ndim > 0)
+        seen["total_params"] = sum(p.numel() for p in params)   # a DTensor's numel is its global size
 
     run_dir = out.parent / f"run_{mode}_{os.getpid()}"
     cfg = make_config({}, [f"run_dir={run_dir}", f"parallel={mode}", *ARGS])
@@ -115,7 +127,9 @@ def main() -> None:
         rows[mode] = {
             "weights_mib_per_rank": med(mode, "weights_bytes") / 2**20,
             "grads_mib_per_rank": med(mode, "grads_bytes") / 2**20,
-            "peak_rss_mib_per_rank": med(mode, "peak_rss_mib"),
+            "adam_state_mib_per_rank": med(mode, "adam_state_bytes") / 2**20,
+            "peak_rss_mib_rank0": statistics.median(run["ranks"][0]["peak_rss_mib"] for run in results[mode]),
+            "peak_rss_mib_rank1": statistics.median(run["ranks"][1]["peak_rss_mib"] for run in results[mode]),
             "update_s_per_iter": med_time(mode, "update_s_per_iter"),
             "rollout_s_per_iter": med_time(mode, "rollout_s_per_iter"),
         }
