@@ -63,7 +63,16 @@ def test_tifa_rewards_the_right_layout_only(real_batch):
 def test_evaluate_images_on_real_canvases(real_batch):
     images, items = real_batch
     m = evaluate_images(images, items, group_size=4)
-    assert set(m) == {"tifa", "accuracy", "agreement", "realism", "ink", "fid", "diversity"}
+    base_keys = {"tifa", "accuracy", "agreement", "realism", "ink", "fid", "diversity"}
+    n_digits = [it.meta["num_digits"] for it in items]
+    counts = {k: n_digits.count(k) for k in (3, 4)}
+    if counts[3] and counts[4]:   # a mixed batch also reports each layout size; the parts recombine
+        assert set(m) == base_keys | {"tifa_3digit", "accuracy_3digit", "tifa_4digit", "accuracy_4digit"}
+        for key in ("tifa", "accuracy"):
+            whole = (counts[3] * m[f"{key}_3digit"] + counts[4] * m[f"{key}_4digit"]) / len(items)
+            assert whole == pytest.approx(m[key], abs=1e-6)
+    else:
+        assert set(m) == base_keys
     assert all(isinstance(v, float) and v == v for v in m.values())
     assert m["accuracy"] > 0.7 and m["diversity"] > 0.1
     same = images[::4].repeat_interleave(4, dim=0)                        # identical samples per prompt

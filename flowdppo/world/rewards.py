@@ -151,7 +151,8 @@ def diversity(images: Tensor, group_size: int) -> float:
 def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int) -> dict[str, float]:
     """Eval metrics of a batch: items[i] is the prompt of images[i]; consecutive groups of `group_size`
     share a prompt.  Keys: tifa, accuracy, agreement, realism, ink, fid, diversity (fid is NaN when
-    fewer than two generated cells hold a digit)."""
+    fewer than two generated cells hold a digit), and for batches mixing layout sizes tifa_3digit,
+    accuracy_3digit, tifa_4digit, accuracy_4digit (the same means over 3- or 4-digit prompts only)."""
     if len(items) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(items)} items")
     tifa, judge = load_judges()
@@ -163,10 +164,21 @@ def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int
         # non-blank), wherever it is, against real digits.
         gen_feats = judge.features(cells[pred != BLANK_CLASS])
     _, _, real_digit_feats = _real_feature_bank()
-    return {"tifa": float(p.clamp_min(1e-12).log().mean(1).exp().mean()),
-            "accuracy": float((pred == target_classes(items)).all(1).float().mean()),
-            "agreement": float(AgreementReward()(images, items).mean()),
-            "realism": float(RealismReward()(images, items).mean()),
-            "ink": float(InkReward()(images, items).mean()),
-            "fid": frechet_distance(gen_feats, real_digit_feats),
-            "diversity": diversity(images, group_size)}
+    target = target_classes(items)
+    tifa_each = p.clamp_min(1e-12).log().mean(1).exp()
+    correct = (pred == target).all(1).float()
+    out = {"tifa": float(tifa_each.mean()),
+           "accuracy": float(correct.mean()),
+           "agreement": float(AgreementReward()(images, items).mean()),
+           "realism": float(RealismReward()(images, items).mean()),
+           "ink": float(InkReward()(images, items).mean()),
+           "fid": frechet_distance(gen_feats, real_digit_feats),
+           "diversity": diversity(images, group_size)}
+    # by layout size: 3-digit L shapes (one empty cell) and 4-digit layouts behave very differently
+    n_digits = (target != BLANK_CLASS).sum(1)
+    for k in (3, 4):
+        sel = n_digits == k
+        if sel.any() and not sel.all():
+            out[f"tifa_{k}digit"] = float(tifa_each[sel].mean())
+            out[f"accuracy_{k}digit"] = float(correct[sel].mean())
+    return out
