@@ -201,3 +201,14 @@ def test_fsdp_full_finetune_of_a_diffusers_flux_pipeline(tmp_path):
 def _tiny_flux_weights(path: Path) -> dict:
     from diffusers import FluxTransformer2DModel
     return {k: v.detach() for k, v in FluxTransformer2DModel.from_pretrained(path / "transformer").state_dict().items()}
+
+
+def test_local_device_gives_each_torchrun_rank_its_own_gpu(monkeypatch):
+    from flowdppo.dist import local_device
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device("cuda") == "cuda:3"          # one GPU per rank, not all on cuda:0
+    assert local_device("cuda:1") == "cuda:1"        # an explicit index is kept
+    assert local_device("cpu") == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert local_device("cuda") == "cuda"
