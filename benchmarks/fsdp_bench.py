@@ -87,8 +87,7 @@ def worker(mode: str, out: Path, layers: int) -> None:
     td.all_gather_object(gathered, seen)
     if rank == 0:
         out.write_text(json.dumps({"mode": mode, "ranks": gathered}))
-    td.barrier()
-    td.destroy_process_group()
+    dist.end_rank_process(0)
 
 
 def launch(mode: str, tmp: Path, layers: int) -> dict:

@@ -29,9 +29,12 @@ def _train(args: argparse.Namespace) -> int:
         base = load_config_file(args.config)
     overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
     cfg = make_config(base, overrides)
+    from . import dist
     run_dir = train(cfg, resume=bool(args.resume))
-    print(f"run directory: {run_dir}")
-    _print_summary(run_dir)
+    if not dist.td.is_initialized() or dist.td.get_rank() == 0:   # under torchrun: one summary, from rank 0
+        print(f"run directory: {run_dir}")
+        _print_summary(run_dir)
+    dist.end_rank_process(0)   # torchrun workers end here (see its docstring); single process: returns
     return 0
 
 

@@ -53,6 +53,28 @@ def init_from_env(device: str = "cpu") -> DistInfo:
     return DistInfo(rank=td.get_rank(), world_size=td.get_world_size())
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: a barrier, then destroy it."""
+    if td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()
+
+
+def end_rank_process(code: int = 0) -> None:
+    """For a torchrun worker whose work is done and saved: leave the group, flush, and end the process
+    without interpreter finalisation (os._exit).  A finished gloo rank otherwise aborts now and then while
+    the interpreter tears down ("terminate called without an active exception", SIGABRT → torchrun reports
+    the run failed): measured on 2-rank trainer runs here, 1/25 even after barrier + destroy, 0/40 with
+    this.  A no-op (returns) in a single process."""
+    import sys
+    was_distributed = td.is_initialized()
+    shutdown()
+    if was_distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def local_device(device: str) -> str:
     """This process's device: under torchrun a bare "cuda" means cuda:LOCAL_RANK (one GPU per rank)."""
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:

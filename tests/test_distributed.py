@@ -36,6 +36,8 @@ cfg = make_config({{}}, sys.argv[1:])
 train(cfg, components=toy_components(), on_step=check)
 if mismatches:
     raise SystemExit(f"parameters differ across ranks after steps {{mismatches}}")
+from flowdppo.dist import end_rank_process
+end_rank_process(0)
 '''
 
 ARGS = ["prompts_per_iter=4", "group_size=4", "num_minibatches=2", "num_inner_epochs=2", "iterations=3",
@@ -99,7 +101,7 @@ cfg = make_config({{}}, sys.argv[1:])
 train(cfg, resume="--resume" in sys.argv[1:2] or Path(cfg.run_dir, "config.json").exists(), on_step=check)
 if td.is_initialized():
     Path(cfg.run_dir, f"shards_rank{{td.get_rank()}}.json").write_text(json.dumps(seen))
-    td.destroy_process_group()
+dist.end_rank_process(0)
 '''
 
 FSDP_ARGS = ["prompts_per_iter=4", "group_size=2", "num_steps=6", "sde_steps_per_traj=2", "num_minibatches=2",
