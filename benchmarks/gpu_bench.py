@@ -343,6 +343,17 @@ def main() -> None:
               "recipe": asdict(recipe), "reps": reps, "targets": {"ratio_a_rollout_vs_pipeline": ">= 0.97",
                                                                    "ratio_b_dppo_vs_grpo": "<= 1.02",
                                                                    "ratio_c_trainer_vs_bare": ">= 0.90"}}
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool = False) -> None:
+        """Write what has been measured so far: a run cut off by a time limit keeps its finished phases."""
+        result["complete"] = complete
+        tmp_out = out_path.with_name(out_path.name + ".tmp")
+        tmp_out.write_text(json.dumps(result, indent=2))
+        tmp_out.replace(out_path)
+
+    save()
     tmp = tempfile.TemporaryDirectory()
     policy_kw = dict(resolution=recipe.resolution, lora_rank=recipe.lora_rank, lora_alpha=recipe.lora_alpha,
                      dtype="bfloat16", device=device, max_sequence_length=recipe.max_sequence_length)
@@ -356,9 +367,11 @@ def main() -> None:
     bench = Bench(policy, recipe, device)
     if compile_mode in ("off", "both"):
         result["sd3"] = measure_sd3(bench, reps, args.warmup, "eager")
+        save()
     if compile_mode in ("on", "both"):
         policy._core.compile()   # the adapter's compile=True path, applied in place
         result["sd3_compiled"] = measure_sd3(bench, reps, max(2, args.warmup), "compiled")
+        save()
     del bench, policy
     gc.collect()
     if device.type == "cuda":
@@ -376,11 +389,14 @@ def main() -> None:
         result["flux1_dev_transformer_params_b"] = sum(p.numel() for p in fpolicy.pipe.transformer.parameters()) / 1e9
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        result["flux_smoke"] = flux_smoke(fpolicy, device, group=2, num_steps=14, micro=1)
+        try:
+            result["flux_smoke"] = flux_smoke(fpolicy, device, group=2, num_steps=14, micro=1)
+        except Exception as exc:   # keep the SD3 numbers and say what broke (e.g. OOM, a cuDNN SDPA crash)
+            result["flux_smoke"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            save()
+            raise
     tmp.cleanup()
-
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    save(complete=True)
     print_table(result)
 
 
@@ -409,7 +425,9 @@ def print_table(res: dict) -> None:
             else:
                 cells.append(f"{_gib(d['peak_gib_rollout'])}/{_gib(d['peak_gib_update'])}")
         print(f"{name:40s}" + "".join(f"{c:>20s}" for c in cells) + f"{target:>10s}")
-    if "flux_smoke" in res:
+    if "flux_smoke" in res and "error" in res["flux_smoke"]:
+        print(f"FLUX.1-dev arch smoke FAILED: {res['flux_smoke']['error']}")
+    elif "flux_smoke" in res:
         f = res["flux_smoke"]
         print(f"FLUX.1-dev arch smoke: rollout {f['rollout_s']:.2f} s, update {f['update_s']:.2f} s, "
               f"peak {_gib(f['peak_gib'])} GiB, loss finite: {f['loss_finite']}")
