@@ -62,6 +62,12 @@ class Config:
     """Recompute activations in backward (diffusers models)."""
     disable_cudnn_attention: bool = False
     """Turn off cuDNN SDPA (a FLUX-architecture backward crashed with it on an H100)."""
+    compile: bool = False
+    """torch.compile the diffusers transformer (and a full-fine-tuning reference) in place; the first
+    iterations pay for compilation."""
+    offload_text_encoders: bool = False
+    """Diffusers models: keep the text encoders on the CPU and move them to `device` only to encode prompts
+    not yet cached (frees T5-XXL ≈ 9.5 GB / Qwen3-8B ≈ 16 GB of GPU memory between encodes)."""
 
     # --- prompts --------------------------------------------------------------------------------------
     prompts: str = "embedded"
@@ -233,6 +239,12 @@ class Config:
                 "give one weight per reward")
         if self.num_inner_epochs < 1 or self.iterations < 1:
             bad("num_inner_epochs", "num_inner_epochs and iterations must be >= 1", "use positive counts")
+        if self.model == "embedded":
+            for name in ("compile", "offload_text_encoders"):
+                if getattr(self, name):
+                    bad(name, "applies to diffusers models only; the embedded world has no separate text "
+                        "encoder on a device and is too small to gain from compilation",
+                        f"drop {name}=true, or set model= to a diffusers hub id or directory")
         if self.guidance_scale < 1 or self.eval_guidance_scale < 1 or self.ref_guidance_scale < 1:
             bad("guidance_scale", "CFG scales must be >= 1 (1 = no guidance)", "use >= 1")
         return self

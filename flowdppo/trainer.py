@@ -68,7 +68,8 @@ def build_components(cfg: Config) -> Components:
             cfg.model, family=cfg.model_family, resolution=cfg.resolution, lora_rank=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, full_finetune=cfg.lora_rank == 0, dtype=cfg.dtype,
             device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
-            disable_cudnn_attention=cfg.disable_cudnn_attention,
+            disable_cudnn_attention=cfg.disable_cudnn_attention, compile=cfg.compile,
+            offload_text_encoders=cfg.offload_text_encoders,
             encode_batch_size=1)  # one prompt per text-encoder call: embeddings independent of batch mates
         evaluate = None
     if cfg.prompts == "embedded":
@@ -335,7 +336,8 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         if not (run_dir / "config.json").exists():
             raise ValueError(f"cannot resume: {run_dir}/config.json does not exist (is --resume the run dir?)")
         saved = make_config(__import__("json").loads((run_dir / "config.json").read_text()))
-        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads", "parallel"))
+        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads", "parallel",
+                                                       "compile", "offload_text_encoders"))
         if diff:
             lines = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, a, b in
                               ((k, *v) for k, v in diff.items()))

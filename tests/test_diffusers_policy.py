@@ -230,6 +230,42 @@ def test_prompts_are_encoded_once_per_text(paths):
     assert seen.count("y") == 2 and seen.count("x") == 1
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_offloaded_text_encoders_visit_the_device_only_to_encode(paths, family):
+    """offload_text_encoders: every text encoder moves to the policy's device right before an encode of
+    uncached prompts and back to the CPU right after (recorded .to() calls, in order); cached prompts move
+    nothing; the embeddings equal those of a policy whose encoders never move."""
+    plain = _load(paths[family])
+    policy = _load(paths[family], offload_text_encoders=True)
+    moves: list[tuple[str, str]] = []
+    encoder_names = [n for n, m in policy.pipe.components.items()
+                     if n.startswith("text_encoder") and isinstance(m, torch.nn.Module)]
+    assert encoder_names, family
+    for name in encoder_names:
+        module = policy.pipe.components[name]
+        assert all(p.device.type == "cpu" for p in module.parameters())
+        original = module.to
+
+        def spy(*args, _name=name, _to=original, **kw):
+            moves.append((_name, str(torch.device(args[0]) if args else kw.get("device"))))
+            return _to(*args, **kw)
+        module.to = spy
+    got = policy.encode_prompts(PROMPTS)
+    want = plain.encode_prompts(PROMPTS)
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+    device = str(policy.device)
+    per_encode = [(n, device) for n in encoder_names] + [(n, "cpu") for n in encoder_names]
+    n_encodes = 2 if policy.true_cfg else 1          # the prompts, then "" for the unconditional embedding
+    assert moves == per_encode * n_encodes
+    moves.clear()
+    policy.encode_prompts(PROMPTS)                    # cached: the encoders stay where they are
+    assert moves == []
+    policy.encode_prompts(["a new prompt"])
+    assert moves == per_encode
+
+
 def test_cfg_is_uncond_plus_scaled_difference(paths):
     policy = _load(paths["flux2_klein"])
     cond = policy.encode_prompts(PROMPTS)

@@ -67,3 +67,15 @@ def test_save_resume_equals_uninterrupted(setup, tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [strip(r) for r in read_jsonl(tmp_path / "full" / "metrics.jsonl")] == \
         [strip(r) for r in read_jsonl(tmp_path / "half" / "metrics.jsonl")]
+
+
+def test_compile_and_text_encoder_offload_reach_the_policy(setup, tmp_path):
+    """config.compile / config.offload_text_encoders are passed to the adapter (compilation itself is lazy:
+    nothing is compiled until the first forward, which this test does not run)."""
+    root, paths = setup
+    cfg = make_config({}, _args(root, paths["sd3"], tmp_path / "run", "compile=true", "offload_text_encoders=true"))
+    policy = build_components(cfg).policy
+    assert policy.offload_text_encoders is True
+    assert getattr(policy._core, "_compiled_call_impl", None) is not None
+    plain = build_components(make_config({}, _args(root, paths["sd3"], tmp_path / "run2"))).policy
+    assert plain.offload_text_encoders is False and getattr(plain._core, "_compiled_call_impl", None) is None

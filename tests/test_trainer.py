@@ -204,6 +204,8 @@ def test_resume_with_different_config_is_refused(tmp_path):
     ("group_size=1 std_scope=group", "config.group_size"),
     ("num_minibatches=3", "config.num_minibatches"),
     ("lr=abc", "config.lr"),
+    ("compile=true", "config.compile"),
+    ("offload_text_encoders=true", "config.offload_text_encoders"),
 ])
 def test_config_errors_name_field_and_fix(override, field):
     with pytest.raises(ValueError) as e:

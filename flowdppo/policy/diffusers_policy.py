@@ -90,8 +90,10 @@ class DiffusersPolicy:
     def __init__(self, pipe, *, resolution: int, lora_rank: int, lora_alpha: Optional[float],
                  lora_target_modules: Sequence[str] | str | None, full_finetune: bool, dtype: torch.dtype,
                  device: torch.device, gradient_checkpointing: bool, max_sequence_length: Optional[int],
-                 compile: bool, prompt_cache_size: int, decode_batch_size: int, encode_batch_size: int):
+                 compile: bool, prompt_cache_size: int, decode_batch_size: int, encode_batch_size: int,
+                 offload_text_encoders: bool = False):
         self.pipe = pipe
+        self.offload_text_encoders = bool(offload_text_encoders)
         self.resolution = int(resolution)
         self.device = device
         self.compute_dtype = dtype
@@ -125,6 +127,9 @@ class DiffusersPolicy:
             core.compile()
             if self._ref_transformer is not None:
                 self._ref_transformer.compile()
+        if self.offload_text_encoders:
+            for module in self._text_encoders():
+                module.to("cpu")
         self._check_resolution()
 
     # ------------------------------------------------------------------------------------------------
@@ -172,13 +177,32 @@ class DiffusersPolicy:
         """Encode a batch of texts with the pipeline's frozen text encoders → batch-first tensors."""
         raise NotImplementedError
 
+    def _text_encoders(self) -> list[nn.Module]:
+        return [m for name, m in self.pipe.components.items()
+                if name.startswith("text_encoder") and isinstance(m, nn.Module)]
+
+    @contextlib.contextmanager
+    def _text_encoders_on_device(self) -> Iterator[None]:
+        """With offload_text_encoders, the text encoders live on the CPU and visit self.device only while
+        prompts not yet in the cache are encoded (T5-XXL ≈ 9.5 GB, Qwen3-8B ≈ 16 GB in bf16 freed for the
+        transformer between encodes).  A no-op otherwise."""
+        encoders = self._text_encoders() if self.offload_text_encoders else []
+        for m in encoders:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in encoders:
+                m.to("cpu")
+
     @torch.no_grad()
     def _encode_uncached(self, texts: list[str]) -> list[Cond]:
         out: list[Cond] = []
-        for i in range(0, len(texts), self.encode_batch_size):
-            chunk = texts[i:i + self.encode_batch_size]
-            enc = self._encode_texts(chunk)
-            out += [{k: v[j:j + 1].detach().to("cpu") for k, v in enc.items()} for j in range(len(chunk))]
+        with self._text_encoders_on_device():
+            for i in range(0, len(texts), self.encode_batch_size):
+                chunk = texts[i:i + self.encode_batch_size]
+                enc = self._encode_texts(chunk)
+                out += [{k: v[j:j + 1].detach().to("cpu") for k, v in enc.items()} for j in range(len(chunk))]
         return out
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
@@ -352,7 +376,7 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
                           dtype: str = "bfloat16", device=None, gradient_checkpointing: bool = False,
                           disable_cudnn_attention: bool = False, max_sequence_length: Optional[int] = None,
                           compile: bool = False, prompt_cache_size: int = 512, decode_batch_size: int = 8,
-                          encode_batch_size: int = 16) -> DiffusersPolicy:
+                          encode_batch_size: int = 16, offload_text_encoders: bool = False) -> DiffusersPolicy:
     """Load a diffusers text-to-image pipeline (hub id or local directory) as a trainable Policy.
 
     model:                hub id ("stabilityai/stable-diffusion-3.5-medium") or a save_pretrained directory.
@@ -368,6 +392,9 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
                           LoRA backward crashed on an H100 with cuDNN SDPA (illegal memory access).
     max_sequence_length:  text tokens for T5 / Qwen3; None = the pipeline default (SD3 256, FLUX 512).
     compile:              torch.compile the transformer in place (first call is slow).
+    offload_text_encoders: keep the text encoders on the CPU, moving them to `device` only to encode prompts
+                          that are not cached yet (saves their whole size on the GPU; costs one transfer
+                          per encode of new prompts).
     prompt_cache_size:    encoded prompts kept (CPU) — FLUX.2-klein-9B embeddings are ~12 MB each at 512 tokens.
     decode_batch_size / encode_batch_size: chunk sizes for the VAE decoder and the text encoders.
     """
@@ -385,7 +412,12 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
     else:
         from diffusers import Flux2KleinPipeline as pipe_cls
     pipe = pipe_cls.from_pretrained(model, dtype=torch_dtype)
-    pipe.to(device)
+    if offload_text_encoders:   # never place the text encoders on the device
+        for name, comp in pipe.components.items():
+            if isinstance(comp, nn.Module) and not name.startswith("text_encoder"):
+                comp.to(device)
+    else:
+        pipe.to(device)
     return policy_from_pipeline(pipe, family=family, resolution=resolution, lora_rank=lora_rank,
                                 lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
                                 full_finetune=full_finetune, dtype=dtype, device=device,
@@ -393,7 +425,7 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
                                 disable_cudnn_attention=disable_cudnn_attention,
                                 max_sequence_length=max_sequence_length, compile=compile,
                                 prompt_cache_size=prompt_cache_size, decode_batch_size=decode_batch_size,
-                                encode_batch_size=encode_batch_size)
+                                encode_batch_size=encode_batch_size, offload_text_encoders=offload_text_encoders)
 
 
 def policy_from_pipeline(pipe, *, family: Optional[str] = None, resolution: int = 512, lora_rank: int = 32,
@@ -402,7 +434,7 @@ def policy_from_pipeline(pipe, *, family: Optional[str] = None, resolution: int 
                          gradient_checkpointing: bool = False, disable_cudnn_attention: bool = False,
                          max_sequence_length: Optional[int] = None, compile: bool = False,
                          prompt_cache_size: int = 512, decode_batch_size: int = 8,
-                         encode_batch_size: int = 16) -> DiffusersPolicy:
+                         encode_batch_size: int = 16, offload_text_encoders: bool = False) -> DiffusersPolicy:
     """Wrap an already constructed pipeline (components on `device`, frozen weights in `dtype`) — what
     load_diffusers_policy does after from_pretrained; also used by benchmarks/gpu_bench.py, which builds
     full-size architectures with random weights directly on the GPU.  Arguments as load_diffusers_policy."""
@@ -426,4 +458,4 @@ def policy_from_pipeline(pipe, *, family: Optional[str] = None, resolution: int 
                       dtype=_DTYPES[dtype], device=device, gradient_checkpointing=gradient_checkpointing,
                       max_sequence_length=max_sequence_length, compile=compile,
                       prompt_cache_size=prompt_cache_size, decode_batch_size=decode_batch_size,
-                      encode_batch_size=encode_batch_size)
+                      encode_batch_size=encode_batch_size, offload_text_encoders=offload_text_encoders)
