@@ -46,6 +46,7 @@ from flowdppo.dist import DistInfo  # noqa: E402
 from flowdppo.policy.diffusers_policy import load_diffusers_policy, policy_from_pipeline  # noqa: E402
 from flowdppo.prompts import PromptItem  # noqa: E402
 from flowdppo.rollout import rollout  # noqa: E402
+from flowdppo.runlog import atomic_write_json  # noqa: E402
 from flowdppo.trainer import minibatch_assignment, policy_loss_fn, split_micro, update_minibatch  # noqa: E402
 
 # SD3.5-medium transformer (reference/ecosystem.md); 2.24 B parameters.
@@ -349,9 +350,7 @@ def main() -> None:
     def save(complete: bool = False) -> None:
         """Write what has been measured so far: a run cut off by a time limit keeps its finished phases."""
         result["complete"] = complete
-        tmp_out = out_path.with_name(out_path.name + ".tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        tmp_out.replace(out_path)
+        atomic_write_json(out_path, result)
 
     save()
     tmp = tempfile.TemporaryDirectory()

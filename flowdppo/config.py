@@ -67,7 +67,7 @@ class Config:
     iterations pay for compilation."""
     offload_text_encoders: bool = False
     """Diffusers models: keep the text encoders on the CPU and move them to `device` only to encode prompts
-    not yet cached (frees T5-XXL ≈ 9.5 GB / Qwen3-8B ≈ 16 GB of GPU memory between encodes)."""
+    not yet cached (frees the encoders' bf16 size between encodes: T5-XXL ≈ 9.5 GB for SD3.5 / FLUX.1)."""
 
     # --- prompts --------------------------------------------------------------------------------------
     prompts: str = "embedded"

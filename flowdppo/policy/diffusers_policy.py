@@ -75,6 +75,11 @@ def detect_family(model: str) -> str:
     return PIPELINE_FAMILIES[name]
 
 
+def _is_text_encoder(name: str, component) -> bool:
+    """Pipeline components named text_encoder, text_encoder_2, … (SD3: three; FLUX.1: two; FLUX.2: one)."""
+    return name.startswith("text_encoder") and isinstance(component, nn.Module)
+
+
 class DiffusersPolicy:
     """Shared machinery of the diffusers adapters.  Subclasses set `family`, `latent_shape`,
     `true_cfg`, `guidance_embedded`, `default_max_sequence_length`, `default_lora_targets` and implement
@@ -178,14 +183,13 @@ class DiffusersPolicy:
         raise NotImplementedError
 
     def _text_encoders(self) -> list[nn.Module]:
-        return [m for name, m in self.pipe.components.items()
-                if name.startswith("text_encoder") and isinstance(m, nn.Module)]
+        return [m for name, m in self.pipe.components.items() if _is_text_encoder(name, m)]
 
     @contextlib.contextmanager
     def _text_encoders_on_device(self) -> Iterator[None]:
         """With offload_text_encoders, the text encoders live on the CPU and visit self.device only while
-        prompts not yet in the cache are encoded (T5-XXL ≈ 9.5 GB, Qwen3-8B ≈ 16 GB in bf16 freed for the
-        transformer between encodes).  A no-op otherwise."""
+        prompts not yet in the cache are encoded (their whole size is freed for the transformer between
+        encodes: T5-XXL's 4.8 B parameters are ≈ 9.5 GB in bf16).  A no-op otherwise."""
         encoders = self._text_encoders() if self.offload_text_encoders else []
         for m in encoders:
             m.to(self.device)
@@ -414,7 +418,7 @@ def load_diffusers_policy(model: str, *, family: Optional[str] = None, resolutio
     pipe = pipe_cls.from_pretrained(model, dtype=torch_dtype)
     if offload_text_encoders:   # never place the text encoders on the device
         for name, comp in pipe.components.items():
-            if isinstance(comp, nn.Module) and not name.startswith("text_encoder"):
+            if isinstance(comp, nn.Module) and not _is_text_encoder(name, comp):
                 comp.to(device)
     else:
         pipe.to(device)
