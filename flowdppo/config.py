@@ -18,7 +18,8 @@ from typing import Any, Literal, Optional
 from .losses import POLICY_LOSSES
 
 KernelName = Literal["flow_sde", "cps", "dance_sde"]
-LossName = Literal["flow_dppo", "flow_dppo_symmetric", "flow_dppo_predictive", "flow_grpo", "grpo_guard"]
+LossName = Literal["flow_dppo", "flow_dppo_symmetric", "flow_dppo_predictive", "flow_grpo", "grpo_guard",
+                   "no_trust_region"]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the same seeds (the paper's qualitative figures) and metric changes are not samp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,13 +54,20 @@ def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[Promp
     return metrics, images
 
 
-def save_grid(images: Tensor, per_prompt: int, path: Path, max_prompts: int = 8, scale: int = 4) -> None:
-    """PNG grid: one row per prompt, one column per seed (nearest-neighbour upscaled by `scale`)."""
+GRID_PAD = 1      # pixels of white between grid images (before upscaling)
+
+
+def save_grid(images: Tensor, per_prompt: int, path: Path, max_prompts: int = 8, scale: int = 4, *,
+              texts: Optional[Sequence[str]] = None, marks: Optional[Tensor] = None) -> None:
+    """PNG grid: one row per prompt, one column per seed (nearest-neighbour upscaled by `scale`).
+
+    texts (one per prompt row) and marks ([N·S, n_cells] bool, per-cell right/wrong of each image) are
+    written next to the PNG as `<path>.json`, so `annotated_grid` can later redraw the grid with them."""
     from PIL import Image
     n = min(images.shape[0] // per_prompt, max_prompts)
     imgs = images[: n * per_prompt].float().clamp(0, 1).cpu()
     c, h, w = imgs.shape[1:]
-    pad = 1
+    pad = GRID_PAD
     grid = torch.ones(c, n * (h + pad) + pad, per_prompt * (w + pad) + pad)
     for i in range(n):
         for j in range(per_prompt):
@@ -75,3 +82,104 @@ def save_grid(images: Tensor, per_prompt: int, path: Path, max_prompts: int = 8,
     tmp = path.with_suffix(".tmp.png")
     img.save(tmp)
     tmp.replace(path)
+    if texts is not None or marks is not None:
+        side = {"prompts": n, "per_prompt": per_prompt, "image_shape": [c, h, w], "scale": scale,
+                "texts": list(texts[:n]) if texts is not None else None,
+                "marks": marks[: n * per_prompt].bool().tolist() if marks is not None else None}
+        from .runlog import atomic_write_json
+        atomic_write_json(path.with_suffix(".json"), side)
+
+
+def read_grid(path: Path) -> tuple[Tensor, dict]:
+    """The inverse of `save_grid` for a grid saved with its `.json` sidecar: (images [N·S, C, H, W] in
+    [0, 1], quantised to 8 bits; the sidecar dict)."""
+    import json
+
+    from PIL import Image
+    side = json.loads(path.with_suffix(".json").read_text())
+    c, h, w = side["image_shape"]
+    arr = np.asarray(Image.open(path), dtype=np.float32)[:: side["scale"], :: side["scale"]] / 255.0
+    arr = arr.reshape(arr.shape[0], arr.shape[1], -1)                       # [Hg, Wg, C]
+    out = torch.empty(side["prompts"] * side["per_prompt"], c, h, w)
+    for i in range(side["prompts"]):
+        for j in range(side["per_prompt"]):
+            y, x = GRID_PAD + i * (h + GRID_PAD), GRID_PAD + j * (w + GRID_PAD)
+            out[i * side["per_prompt"] + j] = torch.from_numpy(arr[y:y + h, x:x + w]).permute(2, 0, 1)
+    return out, side
+
+
+def annotated_grid(columns: Sequence[tuple[str, Tensor, Optional[list]]], texts: Sequence[str], per_prompt: int,
+                   cell_boxes: Optional[Sequence[tuple[int, int, int, int]]], path: Path) -> None:
+    """A figure a person can read: one row per prompt with its text on the left, then for each column
+    block (title, images [N·S, C, H, W], marks [N·S][n_cells] or None) the S samples of that prompt, each
+    cell outlined green (right) or red (wrong), and the count of fully right samples under the block."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = len(texts)
+    n_cols = len(columns) * per_prompt
+    inset = 0.35
+    fig, axes = plt.subplots(n, n_cols + 1, figsize=(2.6 + 1.05 * n_cols, 1.15 * n + 0.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.4] + [1.0] * n_cols})
+    for i, text in enumerate(texts):
+        ax = axes[i, 0]
+        ax.axis("off")
+        ax.text(1.0, 0.5, "\n".join(textwrap.wrap(text, 30)), ha="right", va="center", fontsize=7,
+                transform=ax.transAxes)
+        for b, (title, images, marks) in enumerate(columns):
+            right = 0
+            for j in range(per_prompt):
+                ax = axes[i, 1 + b * per_prompt + j]
+                k = i * per_prompt + j
+                img = images[k].float().clamp(0, 1).cpu()
+                ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+                ax.set_xticks([]); ax.set_yticks([])
+                if marks is not None and cell_boxes is not None:
+                    right += all(marks[k])
+                    for ok, (y0, y1, x0, x1) in zip(marks[k], cell_boxes):   # inset: neighbours' edges apart
+                        ax.add_patch(Rectangle((x0 - 0.5 + inset, y0 - 0.5 + inset), x1 - x0 - 2 * inset,
+                                               y1 - y0 - 2 * inset, fill=False, lw=1.3,
+                                               edgecolor="#1a9850" if ok else "#d73027"))
+                if i == 0 and j == 0:
+                    ax.set_title(title, fontsize=8, loc="left")
+            if marks is not None:
+                axes[i, 1 + b * per_prompt].set_xlabel(f"{right}/{per_prompt} right", fontsize=7, loc="left")
+    fig.suptitle("green = cell right, red = cell wrong (reward classifier)", fontsize=8, y=0.995)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+BEFORE_AFTER_SEEDS = 4   # samples per prompt shown in each half of the before/after figure
+
+
+def save_before_after(samples_dir: Path, split: str, iteration: int,
+                      cell_boxes: Optional[Sequence[tuple[int, int, int, int]]]) -> Optional[Path]:
+    """`<samples_dir>/before_after_<split>.png`: the first evaluation's grid of this run next to the one of
+    `iteration` (same prompts, same seeds), each prompt's text beside its row and each cell marked right or
+    wrong.  Redrawn at every evaluation from the saved grids; None when there is nothing to compare yet."""
+    grids = sorted(samples_dir.glob(f"{split}_iter*.json"))
+    last = samples_dir / f"{split}_iter{iteration:05d}.png"
+    if not grids or not last.with_suffix(".json").exists():
+        return None
+    first = grids[0].with_suffix(".png")
+    (before, side0), (after, side1) = read_grid(first), read_grid(last)
+    if side0["texts"] is None or side0["texts"] != side1["texts"]:
+        return None
+    s = min(BEFORE_AFTER_SEEDS, side0["per_prompt"])
+    keep = [i * side0["per_prompt"] + j for i in range(side0["prompts"]) for j in range(s)]
+    pick = (lambda m: [m[k] for k in keep] if m is not None else None)
+    it0 = int(first.stem.rsplit("iter", 1)[1])
+    out = samples_dir / f"before_after_{split}.png"
+    annotated_grid([(f"iteration {it0}", before[keep], pick(side0["marks"])),
+                    (f"iteration {iteration}", after[keep], pick(side1["marks"]))],
+                   side0["texts"], s, cell_boxes, out)
+    return out

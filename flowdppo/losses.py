@@ -221,6 +221,18 @@ def grpo_guard(*, logp: Tensor, old_logp: Tensor, mean: Tensor, old_mean: Tensor
     return loss, stats
 
 
+def no_trust_region(*, logp: Tensor, old_logp: Tensor, mean: Tensor, old_mean: Tensor, std: Tensor,
+                    advantages: Tensor, sample: Optional[Tensor] = None, logp_reduction: Reduction = "per_dim"):
+    """The control with no trust region: the plain importance-weighted surrogate −Â·r (the objective of
+    Eq. 5 and Eq. 17 with nothing clipped and nothing masked, M ≡ 1).  Only the first minibatch after a
+    rollout is on-policy; later minibatches move as far as the optimizer takes them."""
+    log_ratio, clamped = _log_ratio(logp, old_logp)
+    loss = -advantages * log_ratio.exp()
+    stats = trust_region_stats(log_ratio=log_ratio.detach(), mean=mean, old_mean=old_mean, std=std)
+    stats.update(ratio_clamped=clamped.float().mean())
+    return loss, stats
+
+
 def kl_to_reference(*, mean: Tensor, ref_mean: Tensor, std: Tensor, reduction: Reduction = "per_dim") -> Tensor:
     """KL(π_θ‖π_ref) at one step, exact Gaussian with the kernel's std (Eq. 17's β term; anchors F5).
 
@@ -235,6 +247,7 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
     "flow_dppo_predictive": flow_dppo_predictive,
     "flow_grpo": flow_grpo_clip,
     "grpo_guard": grpo_guard,
+    "no_trust_region": no_trust_region,
 }
 
 

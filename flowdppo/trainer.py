@@ -49,6 +49,8 @@ class Components:
     rewards: dict[str, Reward]
     log_rewards: Optional[dict[str, Reward]] = None          # scored for the logs only (weight 0)
     evaluate_images: Optional[Callable[..., dict[str, float]]] = None  # (images, items, group_size) -> metrics
+    cell_marks: Optional[Callable[..., Tensor]] = None        # (images, items) -> [B, n_cells] bool right/wrong
+    cell_boxes: Optional[Sequence[tuple[int, int, int, int]]] = None  # (y0, y1, x0, x1) of each marked cell
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -62,6 +64,7 @@ def build_components(cfg: Config) -> Components:
         policy = world.load_policy(checkpoint=cfg.checkpoint or None, lora_rank=cfg.lora_rank,
                                    lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, device=cfg.device)
         evaluate = world.evaluate_images
+        marks, boxes = world.cell_correct, world.CELL_BOXES
     else:
         from .policy.diffusers_policy import load_diffusers_policy
         policy = load_diffusers_policy(
@@ -71,7 +74,7 @@ def build_components(cfg: Config) -> Components:
             disable_cudnn_attention=cfg.disable_cudnn_attention, compile=cfg.compile,
             offload_text_encoders=cfg.offload_text_encoders,
             encode_batch_size=1)  # one prompt per text-encoder call: embeddings independent of batch mates
-        evaluate = None
+        evaluate, marks, boxes = None, None, None
     if cfg.prompts == "embedded":
         from . import world
         splits = world.prompt_splits()
@@ -89,7 +92,7 @@ def build_components(cfg: Config) -> Components:
     rewards = {name: build(name) for name in cfg.rewards}
     log_rewards = {name: build(name) for name in cfg.log_rewards}
     return Components(policy=policy, splits=splits, rewards=rewards, log_rewards=log_rewards,
-                      evaluate_images=evaluate)
+                      evaluate_images=evaluate, cell_marks=marks, cell_boxes=boxes)
 
 
 def sigma_grid(policy: Policy, num_steps: int, shift: float) -> Tensor:
@@ -151,6 +154,8 @@ def policy_loss_fn(cfg: Config):
         kw = dict(delta=cfg.delta, kl_reduction=cfg.kl_reduction, logp_reduction=cfg.logp_reduction)
         if cfg.loss == "flow_dppo_predictive":
             kw["step_size"] = cfg.predictive_step_size
+    elif cfg.loss == "no_trust_region":
+        kw = dict(logp_reduction=cfg.logp_reduction)
     else:
         kw = dict(clip_range=cfg.clip_range, logp_reduction=cfg.logp_reduction)
     return functools.partial(fn, **kw)
@@ -287,7 +292,7 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
              eval_log: JsonlLog, *, write: bool = True) -> dict[str, dict[str, float]]:
     """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
     write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
-    from .evaluation import evaluate_split, save_grid
+    from .evaluation import evaluate_split, save_before_after, save_grid
     roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
     results = {}
     for split in ("test", "ood"):
@@ -298,8 +303,13 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
             metrics, images = evaluate_split(policy, comps, cfg, items)
         if write:
             eval_log.append({"iteration": iteration, "split": split, **metrics})
-            save_grid(images, cfg.eval_samples_per_prompt,
-                      run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=8)
+            per, n_grid = cfg.eval_samples_per_prompt, 8
+            grid_images = images[: n_grid * per]
+            marks = comps.cell_marks(grid_images, [it for it in items[:n_grid] for _ in range(per)]) \
+                if comps.cell_marks is not None else None
+            save_grid(images, per, run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=n_grid,
+                      texts=[it.text for it in items[:n_grid]], marks=marks)
+            save_before_after(run_dir / "samples", split, iteration, comps.cell_boxes)
         results[split] = metrics
     return results
 

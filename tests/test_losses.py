@@ -67,3 +67,22 @@ def test_full_predictive_mask_needs_a_sample_and_a_positive_step():
         losses.flow_dppo_predictive(**b, step_size=0.0)
     with pytest.raises(ValueError, match="logp_reduction"):
         losses.flow_dppo_predictive(**b, logp_reduction="mean")
+
+
+def test_no_trust_region_is_the_plain_surrogate():
+    """no_trust_region: loss = −Â·r with r = exp(logp − old_logp), gradient −Â·r·∂logp, nothing clipped or
+    masked — the same per-sample loss and gradient as flow_dppo with δ = ∞ and flow_grpo with ε = ∞."""
+    b = _batch(seed=3)
+    for reference in (lambda **kw: losses.flow_dppo(**kw, delta=float("inf")),
+                      lambda **kw: losses.flow_grpo_clip(**kw, clip_range=1e300)):
+        logp_a = b["logp"].clone().requires_grad_(True)
+        logp_b = b["logp"].clone().requires_grad_(True)
+        loss_a, _ = losses.no_trust_region(**dict(b, logp=logp_a))
+        loss_b, _ = reference(**dict(b, logp=logp_b))
+        naive = -b["advantages"] * (b["logp"] - b["old_logp"]).exp()
+        torch.testing.assert_close(loss_a.detach(), naive, rtol=1e-12, atol=0)
+        torch.testing.assert_close(loss_a.detach(), loss_b.detach(), rtol=1e-12, atol=0)
+        loss_a.sum().backward()
+        loss_b.sum().backward()
+        torch.testing.assert_close(logp_a.grad, naive, rtol=1e-12, atol=0)    # d(−Â·r)/dlogp = −Â·r
+        torch.testing.assert_close(logp_a.grad, logp_b.grad, rtol=1e-12, atol=0)

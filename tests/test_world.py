@@ -209,3 +209,25 @@ def test_pretrain_is_deterministic(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
     policy = load_policy(checkpoint=tmp_path / "a.safetensors")          # a pretrain output loads
     assert torch.equal(policy.transformer.state_dict()["proj_out.weight"], a["proj_out.weight"])
+
+
+def test_cell_marks_match_accuracy_and_grids_round_trip(real_batch, tmp_path):
+    """Per-cell marks are the atoms of `accuracy`; a saved grid reads back with its prompt texts and marks,
+    and the before/after figure is drawn from two saved grids."""
+    from flowdppo.evaluation import read_grid, save_before_after, save_grid
+    from flowdppo.world import CELL_BOXES, cell_correct
+    images, items = real_batch
+    marks = cell_correct(images, items)
+    assert marks.shape == (len(items), 4)
+    assert float(marks.all(1).float().mean()) == pytest.approx(evaluate_images(images, items, 4)["accuracy"])
+    swapped = [items[(i + 4) % len(items)] for i in range(len(items))]
+    assert cell_correct(images, swapped).float().mean() < marks.float().mean() - 0.3
+    texts = [it.text for it in items[::4]]
+    for it_no, imgs in ((0, images), (7, images.flip(-1))):
+        save_grid(imgs, 4, tmp_path / f"test_iter{it_no:05d}.png", texts=texts,
+                  marks=cell_correct(imgs, items))
+    back, side = read_grid(tmp_path / "test_iter00007.png")
+    torch.testing.assert_close(back, images.flip(-1)[: len(back)], atol=0.5 / 255 + 1e-6, rtol=0)
+    assert side["texts"] == texts and side["marks"] == cell_correct(images.flip(-1), items).tolist()
+    out = save_before_after(tmp_path, "test", 7, CELL_BOXES)
+    assert out is not None and out.stat().st_size > 10_000

@@ -25,6 +25,7 @@ Public API (used by the trainer):
     prompt_splits(seed=0) -> {"train", "test", "ood"} → list[PromptItem] (meta["layout"] = the cells)
     make_reward(name) -> Reward            names: "tifa", "agreement", "realism", "ink"
     evaluate_images(images, items, group_size) -> dict[str, float]
+    cell_correct(images, items) -> [B, 4] bool    per-cell right/wrong (the sample grids' marks); CELL_BOXES
     sample_images(policy, items, group_size=…, num_steps=…, guidance_scale=…) -> images (ODE, for eval)
     pretrain(out_path, steps=…, seed=…, threads=…, log_every=…) -> dict;  CLI: main_pretrain(argv)
 """
@@ -38,12 +39,13 @@ from ..policy.tiny import TinyFlowPolicy, build_transformer
 from .data import prompt_splits
 from .pretraining import main as main_pretrain
 from .pretraining import pretrain
-from .rewards import REWARD_NAMES, evaluate_images, make_reward
+from .data import CELL_BOXES
+from .rewards import REWARD_NAMES, cell_correct, evaluate_images, make_reward
 from .sampling import expand_items, sample_images
 
 BASE_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "world_base.safetensors"
 
-__all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "sample_images", "expand_items",
+__all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "cell_correct", "CELL_BOXES", "sample_images", "expand_items",
            "pretrain", "main_pretrain", "REWARD_NAMES", "BASE_CHECKPOINT", "TinyFlowPolicy"]
 
 

@@ -32,6 +32,8 @@ NUM_CLASSES = 11            # digits 0–9 + blank
 CELL = 8                    # cell side in pixels
 CANVAS = (1, 16, 16)        # (C, H, W)
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+CELL_BOXES = tuple((r * CELL, (r + 1) * CELL, c * CELL, (c + 1) * CELL) for r in range(2) for c in range(2))
+"""(y0, y1, x0, x1) pixel box of each cell, reading order (for drawing per-cell marks)."""
 CELL_SLICES = tuple((slice(r * CELL, (r + 1) * CELL), slice(c * CELL, (c + 1) * CELL))
                     for r in range(2) for c in range(2))
 

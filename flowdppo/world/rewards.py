@@ -148,6 +148,20 @@ def diversity(images: Tensor, group_size: int) -> float:
     return float(d[:, iu[0], iu[1]].mean())
 
 
+def _read_cells(images: Tensor) -> Tensor:
+    """[B, 4] the class the reward classifier reads in each cell (argmax; BLANK_CLASS = empty)."""
+    tifa, _ = load_judges()
+    cells = cells_of(images.float().cpu())
+    with torch.no_grad():
+        return tifa(cells.reshape(-1, 8, 8)).argmax(-1).reshape(-1, 4)
+
+
+def cell_correct(images: Tensor, items: Sequence[PromptItem]) -> Tensor:
+    """[B, 4] bool: whether the reward classifier reads each cell as its required class (the atoms of
+    `accuracy`: an image is right when all four are)."""
+    return _read_cells(images) == target_classes(items)
+
+
 def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int) -> dict[str, float]:
     """Eval metrics of a batch: items[i] is the prompt of images[i]; consecutive groups of `group_size`
     share a prompt.  Keys: tifa, accuracy, agreement, realism, ink, fid, diversity (fid is NaN when
@@ -158,13 +172,13 @@ def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int
     tifa, judge = load_judges()
     p = _atom_probs(tifa, images, items)
     cells = cells_of(images.float().cpu())
+    pred = _read_cells(images)
+    target = target_classes(items)
     with torch.no_grad():
-        pred = tifa(cells.reshape(-1, 8, 8)).argmax(-1).reshape(-1, 4)
         # FID scores drawing quality, not layout: every cell that holds a digit (classifier says
         # non-blank), wherever it is, against real digits.
         gen_feats = judge.features(cells[pred != BLANK_CLASS])
     _, _, real_digit_feats = _real_feature_bank()
-    target = target_classes(items)
     tifa_each = p.clamp_min(1e-12).log().mean(1).exp()
     correct = (pred == target).all(1).float()
     out = {"tifa": float(tifa_each.mean()),
