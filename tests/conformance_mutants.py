@@ -224,6 +224,11 @@ MUTANTS: dict[str, Mutant] = {
         ("--kernel", "flowdppo.sde:step", "--sampler", "cps") + _kl_tensor("correct_dppo_loss", "kl_flow_sde_schedule",
                                                                          "schedule"),
         "mask_kl_exact", "Flow-SDE std", frozenset({"mask_kl_exact"})),
+    "dance_with_flow_sde_kl": Mutant(
+        "Dance-SDE sampler, KL normaliser recomputed as the Flow-SDE σ_t",
+        ("--kernel", "flowdppo.sde:step", "--sampler", "dance_sde")
+        + _kl_tensor("correct_dppo_loss", "kl_flow_sde_schedule", "schedule"),
+        "mask_kl_exact", "Flow-SDE std", frozenset({"mask_kl_exact"})),
 }
 
 # The same conventions without the mistake: must pass everything.
@@ -234,6 +239,8 @@ CONTROLS: dict[str, tuple[str, ...]] = {
     "tuple_kernel_kl_tensor_loss": ("--kernel", _f("correct_flow_sde_kernel"), "--kernel-adapter", "tuple")
                                    + _kl_tensor("correct_dppo_loss", "correct_kl"),
     "schedule_kl_flow_sde": _OUR_KERNEL + _kl_tensor("correct_dppo_loss", "kl_flow_sde_schedule", "schedule"),
+    "kl_tensor_with_flowdppo_kl": _OUR_KERNEL + ("--loss", _f("correct_dppo_loss"), "--adapter", "kl_tensor",
+                                                 "--kl", "flowdppo.divergence:kl_per_dim"),
     "tuple_cps_kernel": ("--kernel", _f("correct_cps_kernel"), "--kernel-adapter", "tuple", "--sampler", "cps")
                         + _OUR_LOSS,
 }

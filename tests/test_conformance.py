@@ -28,6 +28,7 @@ from flowdppo import divergence, losses, sde  # noqa: E402
 from flowdppo.conformance import (PROPERTY_NAMES, KernelOut, Settings, Subject, check, load_callable,  # noqa: E402
                                   make_kernel, make_loss)
 from flowdppo.conformance import _observe as ob  # noqa: E402
+from flowdppo.conformance.adapters import flowdppo_loss  # noqa: E402
 from flowdppo.conformance.__main__ import build, main, parser  # noqa: E402
 from flowdppo.conformance.properties import run_properties  # noqa: E402
 
@@ -147,6 +148,8 @@ def test_usage_errors_name_the_option_and_the_fix(capsys):
         load_callable("flowdppo.sde:nope", "--kernel")
     with pytest.raises(ValueError, match=r"--adapter kl_tensor needs the KL function.*--kl"):
         make_loss(cm.correct_dppo_loss, "kl_tensor")
+    with pytest.raises(ValueError, match=r"does not take the keywords.*--adapter kl_tensor"):
+        make_loss(losses.flow_grpo_clip, "flowdppo")             # no δ: not a Flow-DPPO loss
     assert main(["--loss", "flowdppo.losses:flow_dppo", "--adapter", "kl_tensor"]) == 2
     assert "needs the KL function" in capsys.readouterr().err
     bad_kernel = make_kernel(lambda *a: (1, 2), "tuple", sampler="flow_sde")
@@ -179,3 +182,23 @@ def test_kernel_out_std_shapes_are_accepted():
         rep = check(Subject(kernel=k, loss=make_loss(losses.flow_dppo, "flowdppo"), name=shape))
         assert rep.ok, rep.text
         assert not math.isnan(rep.by_name("mask_kl_exact").error)
+
+
+def _ours(loss):
+    return Subject(kernel=make_kernel(sde.step, "flowdppo", sampler="flow_sde"), loss=loss, name="ours")
+
+
+def test_a_delta_on_the_summed_kl_is_recognised():
+    """flow_dppo with kl_reduction="sum" (δ on the paper's Eq. 14 sum): the mask's KL is detected as the sum
+    over dims and every property passes (the tie δ is then D·1/8, still exact)."""
+    rep = check(_ours(flowdppo_loss(losses.flow_dppo, kl_reduction="sum")))
+    assert rep.ok, rep.text
+    assert "sum over dims" in rep.by_name("mask_kl_exact").meaning
+
+
+def test_our_symmetric_ablation_is_reported_as_blocking_corrective_updates():
+    """flow_dppo_symmetric (Fig. 3's "w/o asymmetry") drops every sample beyond δ: the truth table names it,
+    and nothing else fails."""
+    rep = check(_ours(make_loss(losses.flow_dppo_symmetric, "flowdppo")))
+    assert rep.failed == ["mask_truth_table"], rep.text
+    assert "corrective updates (Â·(r − 1) < 0) are blocked" in rep.by_name("mask_truth_table").meaning

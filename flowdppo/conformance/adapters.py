@@ -223,6 +223,11 @@ def kl_tensor_loss(fn: Callable, kl_fn: Callable, *, kl_adapter: str = "std",
 def make_loss(fn: Callable, adapter: str, *, kl_fn: Optional[Callable] = None, kl_adapter: str = "std",
               notes: Optional[list[str]] = None) -> Callable[..., Tensor]:
     if adapter == "flowdppo":
+        names = ("logp", "old_logp", "mean", "old_mean", "std", "advantages", "delta")
+        if not accepts_keywords(fn, names):
+            raise ValueError(f"--adapter flowdppo: {getattr(fn, '__name__', fn)!r} does not take the keywords "
+                             f"{names}. Fix: use --adapter kl_tensor for fn(log_prob, old_log_prob, advantages, kl, "
+                             "delta), or wrap your loss")
         return flowdppo_loss(fn, notes=notes)
     if adapter == "kl_tensor":
         if kl_fn is None:
