@@ -105,7 +105,8 @@ def kl_flow_sde_schedule(mean, old_mean, sigma, sigma_next, eta):
 
 
 def kl_live(mean, old_mean, std):
-    """Eq. 14 per dim, differentiable in μ_θ (no detach) — harmless only if the loss never lets it carry gradient."""
+    """Eq. 14 per dim, differentiable in μ_θ (no detach): harmless only if the loss never lets it carry
+    gradient."""
     return divergence.kl_per_dim(old_mean, mean, std)
 
 

@@ -202,3 +202,12 @@ def test_our_symmetric_ablation_is_reported_as_blocking_corrective_updates():
     rep = check(_ours(make_loss(losses.flow_dppo_symmetric, "flowdppo")))
     assert rep.failed == ["mask_truth_table"], rep.text
     assert "corrective updates (Â·(r − 1) < 0) are blocked" in rep.by_name("mask_truth_table").meaning
+
+
+def test_a_loss_returned_as_the_objective_is_caught():
+    """A loss that returns +Σ M·r·Â/B (the objective to maximise) fails loss_normalisation with that diagnosis;
+    its mask is still read correctly (the truth table passes: blocking is read from a zero gradient)."""
+    ours = make_loss(losses.flow_dppo, "flowdppo")
+    rep = check(_ours(lambda **kw: -ours(**kw)), only=["mask_truth_table", "loss_normalisation"])
+    assert rep.failed == ["loss_normalisation"], rep.text
+    assert "MAXIMISE" in rep.by_name("loss_normalisation").meaning

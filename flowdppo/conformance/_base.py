@@ -143,7 +143,8 @@ def explain_std(used: list[float], true: list[float], steps, s: Settings, *, rto
     if not bad:
         return ""
     if bad == [0]:
-        return (f"only the σ = 1 step is off (std {ratios[0]:.3g}× the sampler's; steps ≥ 1 agree): the σ = 1 rule "
+        return (f"only the σ = 1 step is off (std {ratios[0]:.3g}× the sampler's; steps ≥ 1 agree): the σ = 1 "
+                "rule "
                 "(1 − σ replaced by 1 − σ_next there) differs")
     known = [_known_stds(s, sig, sn) for _, sig, sn in steps]
     for name in known[0]:

@@ -94,7 +94,8 @@ def cells(adv: Sequence[float], log_ratio: Sequence[float], shift: Sequence[floa
 # ----------------------------------------------------------------------------------------------------
 # The KL the mask uses, by bisection on δ
 # ----------------------------------------------------------------------------------------------------
-QUADRANTS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0))  # (sign Â, sign log r)
+# (sign Â, sign log r): the two pushing quadrants first (Eq. 18 blocks those), then the corrective ones
+QUADRANTS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0))
 
 
 @dataclass

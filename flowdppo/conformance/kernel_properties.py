@@ -11,7 +11,8 @@ from torch.distributions import Normal
 
 from .. import sde
 from . import _observe as ob
-from ._base import (Context, EQ, LABEL, STORAGE_DELTA, STORAGE_TOL, Z_TOL, _call_kernel, _gen, _randn, _result, _scalar, _skip, _stat, _std_b, _std_like, _step_name, explain_std, train_steps)
+from ._base import (Context, EQ, LABEL, STORAGE_DELTA, STORAGE_TOL, Z_TOL, _call_kernel, _gen, _randn,
+                   _result, _scalar, _skip, _stat, _std_b, _std_like, _step_name, explain_std, train_steps)
 from .report import Result
 
 
@@ -136,7 +137,8 @@ def logp_normalised(ctx: Context) -> Result:
         meaning = (f"log π is the normalised Gaussian log-density ({red_txt}) at all "
                    f"{len(steps)} steps: ratios are Eq. 6's")
     elif all(abs(f - 1.0) < 1e-3 for f in factors):
-        meaning = "log π has the right dependence on x' but wrong constants (−log σ, −½log 2π): ratios are still Eq. 6's"
+        meaning = ("log π has the right dependence on x' but wrong constants (−log σ, −½log 2π): ratios are "
+                   "still Eq. 6's")
     else:
         lo, hi = min(factors), max(factors)
         pattern = ("it is the unnormalised −(x'−μ)² (no 1/(2σ²)), so log-ratios are 2σ²× Eq. 6's"
@@ -171,7 +173,8 @@ def anchor_precision(ctx: Context) -> Result:
             ref = _call_kernel(ctx, x=x.double(), v=v.double(), sigma=sig, sigma_next=sn,
                                x_next=out.x_next.double()).mean.double()
         except Exception as e:                     # noqa: BLE001
-            ref, ref_note = out.mean.double(), f"(the kernel failed in float64 — {type(e).__name__} — so the reference is its own output)"
+            ref = out.mean.double()
+            ref_note = f"(the kernel failed in float64 — {type(e).__name__} — so the reference is its own output)"
         std = _std_like(out.std, out.mean).double()
         d = direction.double()
         d = d * torch.sqrt(2.0 * std**2 * STORAGE_DELTA * dims) / d.norm(dim=1, keepdim=True)
@@ -199,7 +202,8 @@ def anchor_precision(ctx: Context) -> Result:
     else:
         parts = [stored]
         if worst > STORAGE_TOL:
-            parts.append(f"at a true per-dim KL of δ = 1e-7 the mask reads {min(inflations):.3g}–{max(inflations):.3g} δ "
+            parts.append(f"at a true per-dim KL of δ = 1e-7 the mask reads {min(inflations):.3g}–"
+                         f"{max(inflations):.3g} δ "
                          "over the steps — rounding noise in the anchor, not policy change, decides the mask (keep "
                          "anchors in fp32)")
         if lp_err > 1e-6:
@@ -234,7 +238,8 @@ def on_policy_identity(ctx: Context) -> Result:
         worst_lp, worst_kl = max(worst_lp, d_lp), max(worst_kl, kl0)
         row = f"{_step_name(i, sig, sn)}: max |log r| = {d_lp:.2e}, max per-dim KL = {kl0:.2e}"
         if ctx.subject.loss is not None:
-            batch = ob.Batch(logp=rep.logp, old_logp=old_lp, mean=rep.mean, old_mean=old_mean, std=_std_b(rep.std, rep.mean),
+            batch = ob.Batch(logp=rep.logp, old_logp=old_lp, mean=rep.mean, old_mean=old_mean,
+                             std=_std_b(rep.std, rep.mean),
                              advantages=adv, sigma=sig, sigma_next=sn, eta=s.eta)
             obs = ob.observe(ctx.subject.loss, batch, 0.0)
             r = torch.exp(rep.logp.double() - old_lp.double())
@@ -255,8 +260,9 @@ def on_policy_identity(ctx: Context) -> Result:
     else:
         parts = []
         if worst_lp or worst_kl:
-            parts.append(f"replaying the stored action at θ = θ_old gives |log r| up to {worst_lp:.2e} and per-dim KL up "
-                         f"to {worst_kl:.2e} instead of exactly 0 (rollout and replay, or the stored anchors, disagree)")
+            parts.append(f"replaying the stored action at θ = θ_old gives |log r| up to {worst_lp:.2e} and per-dim "
+                         f"KL up to {worst_kl:.2e} instead of exactly 0 (rollout and replay, or the stored anchors, "
+                         "disagree)")
         if blocked_any:
             parts.append(f"{blocked_any} on-policy samples are masked at δ = 0")
         if worst_g > 1e-5:

@@ -11,7 +11,8 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from .. import sde
 from . import _observe as ob
-from ._base import (Context, DET_RTOL, SYNTH, Settings, Z_TOL, _call_kernel, _gen, _randn, _result, _scalar, _skip, _stat, _std_b, _std_like, _step_name, explain_std, train_steps)
+from ._base import (Context, DET_RTOL, SYNTH, Settings, Z_TOL, _call_kernel, _gen, _randn, _result, _scalar,
+                   _skip, _stat, _std_b, _std_like, _step_name, explain_std, train_steps)
 from .report import Result
 
 
@@ -54,7 +55,8 @@ def mask_kl_exact(ctx: Context) -> Result:
         z = (draws.x_next.double() - old.mean.double()) / _std_like(draws.std, draws.mean).double()
         m2 = float((z**2).mean())
         kl_sampler_sum = kl_torch_sum / m2
-        got = ob.mask_kl(ctx.subject.loss, mean=new.mean.detach(), old_mean=old.mean.detach(), std=_std_b(old.std, old.mean),
+        got = ob.mask_kl(ctx.subject.loss, mean=new.mean.detach(), old_mean=old.mean.detach(),
+                         std=_std_b(old.std, old.mean),
                          sigma=sig, sigma_next=sn, eta=s.eta, kl_guess=kl_torch_sum / s.mc_dims)
         recs.append((i, sig, sn, got, kl_torch_sum, kl_sampler_sum, _scalar(std)))
     if any(r[3] is None for r in recs):
@@ -82,7 +84,8 @@ def mask_kl_exact(ctx: Context) -> Result:
         true.append(std * math.sqrt(kt / ks))                     # the sampler's std
         rows.append(f"{_step_name(i, sig, sn)}: mask KL {got.value:.5g} = {qt:.4f}× torch.distributions, "
                     f"{qs:.4f}× the sampler's (z={z:+.1f}); {got.calls} loss calls"
-                    + ("" if got.blocked_below else "; the mask blocks when KL < δ (inverted)") + ("" if good else "  ✗"))
+                    + ("" if got.blocked_below else "; the mask blocks when KL < δ (inverted)")
+                    + ("" if good else "  ✗"))
     worst = max(abs(q - 1.0) for q in q_s)
     tol = max(Z_TOL * rel_se, DET_RTOL)
     red_txt = "per-dim mean" if red == "per_dim" else "sum over dims"
@@ -154,8 +157,8 @@ TT_ADV, TT_LR, TT_LEVELS = (-1.0, 0.0, 1.0), (-ob.LR_PROBE, 0.0, ob.LR_PROBE), (
 
 
 def mask_truth_table(ctx: Context) -> Result:
-    """Eq. 18 on all 27 cells Â ∈ {−1, 0, 1} × r ∈ {<1, 1, >1} × KL ∈ {δ/4, δ, 4δ}, KL measured as the loss
-    computes it (so a wrong KL scale is reported by mask_kl_exact, not here).  r = 1 and KL = δ exactly:
+    """Eq. 18 on all 27 cells Â ∈ {−1, 0, 1} × r ∈ {<1, 1, >1} × KL ∈ {δ/4, δ, 4δ}, KL measured as the
+    loss computes it (so a wrong KL scale is reported by mask_kl_exact, not here).  r = 1 and KL = δ exactly:
     Eq. 18 is strict (D > δ, r > 1, r < 1), so those cells are kept."""
     name, eq = "mask_truth_table", "Eq. 18"
     if ctx.subject.loss is None:
@@ -244,21 +247,24 @@ def gradients(ctx: Context) -> Result:
         o = ob.observe(ctx.subject.loss, extreme, delta)
         finite = math.isfinite(o.loss) and bool(torch.isfinite(o.g_logp).all()) and bool(torch.isfinite(o.g_mean).all())
         zero = finite and bool((o.g_logp[:2] == 0).all())
-        rows.append(f"blocked quadrant Â={a:+g}, log r {'>' if sgn > 0 else '<'} 0, KL = {level:g}δ, at |log r| = 100, 1e4: loss "
+        rows.append(f"blocked quadrant Â={a:+g}, log r {'>' if sgn > 0 else '<'} 0, KL = {level:g}δ, "
+                    f"at |log r| = 100, 1e4: loss "
                     f"{o.loss:.4g}, ∂L/∂log π = {o.g_logp[:2].tolist()}" + ("" if zero else "  ✗")
                     + (f"; raised {o.error}" if o.error else ""))
         if not zero:
             worst = math.inf
             problems.append(f"a blocked sample with |log r| = 1e4 gives a non-finite loss or gradient "
-                            f"(∂L/∂log π = {o.g_logp[:2].tolist()}): exp(log r) overflows and torch.where's backward "
+                            f"(∂L/∂log π = {o.g_logp[:2].tolist()}): exp(log r) overflows and torch.where's "
+                            "backward "
                             "multiplies inf by 0 (NaN) — form the ratio from a log-ratio zeroed or clamped where "
                             "blocked")
     if tested == 0:
         rows.append("no sign quadrant is blocked by this loss at 4δ or δ/4: the extreme-ratio check had nothing to "
                     "test (see mask_truth_table)")
     ok = not problems
-    meaning = ("the mask is a stop-gradient gate (∂L/∂μ_θ ≡ 0), blocked samples have exactly zero gradient, and "
-               f"gradients stay finite at |log r| = 1e4 ({tested} blocked quadrants)" if ok else "; ".join(dict.fromkeys(problems)))
+    meaning = ("the mask is a stop-gradient gate (∂L/∂μ_θ ≡ 0), blocked samples have exactly zero gradient, "
+               f"and gradients stay finite at |log r| = 1e4 ({tested} blocked quadrants)"
+               if ok else "; ".join(dict.fromkeys(problems)))
     return _result(name, eq, ok, worst, 0.0, "max |∂L/∂μ_θ| and non-finite gradients (inf)", meaning, rows)
 
 
@@ -294,7 +300,8 @@ def delta_monotone(ctx: Context) -> Result:
         meaning = f"raising δ never blocks more (48 samples, 30 thresholds; {counts[0]} → {counts[-1]} blocked)"
     else:
         inverted = counts[-1] > counts[0]
-        meaning = (f"raising δ blocks more samples ({violations} sample-steps over the grid, {counts[0]} blocked at δ = 0, "
+        meaning = (f"raising δ blocks more samples ({violations} sample-steps over the grid, {counts[0]} blocked "
+                   f"at δ = 0, "
                    f"{counts[-1]} at δ = {deltas[-1]:.3g})"
                    + (": the KL comparison is inverted — the mask blocks when D < δ, inside the trust region"
                       if inverted else ""))
@@ -335,16 +342,17 @@ def loss_normalisation(ctx: Context) -> Result:
         ok, meaning = False, (f"kept samples are weighted unequally (N_i varies by {spread:.2%}): the surrogate is not "
                               "a plain average of M·r·Â")
     elif n_med < 0:
-        ok, meaning = False, ("∂L/∂log π has the sign of +Â: the loss returns the objective of Eq. 17 to MAXIMISE; an "
-                              "optimiser that minimises it moves against the advantage")
+        ok, meaning = False, ("∂L/∂log π has the sign of +Â: the loss returns the objective of Eq. 17 to "
+                              "MAXIMISE; an optimiser that minimises it moves against the advantage")
     elif err <= 1e-5:
-        ok, meaning = True, (f"mean over all {b} samples, masked ones counting as 0 — Eq. 17's (1/G)Σ_i (1/T)Σ_t M·r·Â")
+        ok, meaning = True, (f"mean over all {b} samples, masked ones counting as 0 — Eq. 17's "
+                             "(1/G)Σ_i (1/T)Σ_t M·r·Â")
     elif abs(n_med / n_kept - 1.0) <= 1e-5:
         ok = False
         meaning = (f"mean over the {n_kept} kept samples only (Eq. 17 averages over all {b}): each kept sample's "
                    f"gradient is {b / n_kept:.2f}× Eq. 17's, and the step grows as the mask blocks more — partly "
                    "undoing the trust region")
-        err = abs(n_med / b - 1.0)
     else:
-        ok, meaning = False, f"the surrogate is divided by N = {n_med:.4g} (neither all {b} samples nor the {n_kept} kept)"
+        ok, meaning = False, (f"the surrogate is divided by N = {n_med:.4g} (neither all {b} samples nor the "
+                              f"{n_kept} kept)")
     return _result(name, eq, ok, err, 1e-5, "|N / B − 1| (N = the loss's normaliser)", meaning, rows)

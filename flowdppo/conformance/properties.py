@@ -6,7 +6,7 @@ Kernel properties (need only the kernel):
   kernel_matches_paper  Eq. 2/3 mean and std equal the declared sampler's closed form (oracle: flowdppo.sde)
   logp_normalised       Eq. 4/6 log-prob = the normalised Gaussian log-density (oracle: torch.distributions)
   anchor_precision      Eq. 14  anchors as stored: precision, and the per-dim KL they read at δ = 1e-7
-  on_policy_identity    Eq. 6/17 replay at θ = θ_old: r ≡ 1, KL ≡ 0 bit for bit; nothing masked; ∇ = policy gradient
+  on_policy_identity    Eq. 6/17 replay at θ = θ_old: r ≡ 1, KL ≡ 0 bit for bit; nothing masked; ∇ = policy grad.
 Loss properties:
   mask_kl_exact         Eq. 14  the KL the mask compares with δ = the sampler's KL (MC) = torch.distributions
   mask_truth_table      Eq. 18  27 cells of (Â, r, KL) incl. r = 1, Â = 0 and KL = δ ties
@@ -77,6 +77,7 @@ def check(subject: Subject, settings: Optional[Settings] = None, *, only: Option
     ctx = Context(subject=subject, settings=settings, kernel_is_reference=kernel_is_reference)
     results = run_properties(ctx, only=only)
     header = [f"flowdppo conformance — {subject.name}",
-              f"  settings: sampler={settings.sampler} η={settings.eta} steps={settings.num_steps} shift={settings.shift} "
+              f"  settings: sampler={settings.sampler} η={settings.eta} steps={settings.num_steps} "
+              f"shift={settings.shift} "
               f"dtype={settings.dtype} seed={settings.seed}"] + [f"  notes: {n}" for n in subject.notes]
     return Report(results=results, header=header)
