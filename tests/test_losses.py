@@ -67,3 +67,14 @@ def test_full_predictive_mask_needs_a_sample_and_a_positive_step():
         losses.flow_dppo_predictive(**b, step_size=0.0)
     with pytest.raises(ValueError, match="logp_reduction"):
         losses.flow_dppo_predictive(**b, logp_reduction="mean")
+
+
+def test_log_ratio_source_is_explicit():
+    """Log-probs come as a pair or not at all; without them the action is needed (log r from the residuals)."""
+    b = _batch()
+    with pytest.raises(ValueError, match="both logp and old_logp"):
+        losses.flow_dppo(**dict(b, old_logp=None))
+    with pytest.raises(ValueError, match="sample"):
+        losses.flow_dppo(**dict(b, logp=None, old_logp=None, sample=None))
+    with pytest.raises(ValueError, match="logp_reduction"):
+        losses.flow_grpo_clip(**dict(b, logp=None, old_logp=None), logp_reduction="mean")
