@@ -5,17 +5,21 @@ rewards.  Conventions are explicit arguments (anchors F8):
   * the group mean is always per prompt;
   * `std_scope="group"` divides by each group's own std, `"global"` by ONE std of the raw rewards over
     the whole batch (the paper's recipe; in distributed runs pass the already-gathered batch);
-  * std is the population std (ddof 0) floored at `eps`, so a constant group gives exactly 0, never NaN;
+  * `std_estimator="population"` (default) divides by the population std (ddof 0) floored at `eps`, so a
+    constant group gives exactly 0, never NaN; `"bessel"` divides by the Bessel std (ddof 1) plus `eps`
+    (UniRL's convention; its advantages are √((N−1)/N) times smaller, 0.968 for N = 16);
   * `clip` (e.g. 5.0 as flow_grpo / Flow-Factory) clips advantages to [−clip, clip] when set.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 StdScope = Literal["group", "global"]
+StdEstimator = Literal["population", "bessel"]
 
 
 def _check_layout(rewards: Tensor, ndim: int, name: str) -> None:
@@ -35,6 +39,18 @@ def _mean(x: Tensor, dim: Optional[int] = None) -> Tensor:
     return ref + (x - ref).mean(dim=dim, keepdim=True)
 
 
+def _scale(std_pop: Tensor, n: int, estimator: StdEstimator, eps: float) -> Tensor:
+    """Divisor of the centred rewards from the population std of n values: max(std_pop, eps), or the Bessel
+    std std_pop·√(n/(n − 1)) + eps."""
+    if estimator == "population":
+        return std_pop.clamp_min(eps)
+    if estimator == "bessel":
+        if n < 2:
+            raise ValueError("std_estimator='bessel' needs at least 2 values per std (ddof 1)")
+        return std_pop * math.sqrt(n / (n - 1)) + eps
+    raise ValueError(f"std_estimator={estimator!r}; choose 'population' or 'bessel'")
+
+
 def _clip(adv: Tensor, clip: Optional[float]) -> Tensor:
     if clip is None:
         return adv
@@ -44,8 +60,8 @@ def _clip(adv: Tensor, clip: Optional[float]) -> Tensor:
 
 
 def group_advantages(rewards: Tensor, *, std_scope: StdScope = "global", eps: float = 1e-6,
-                     clip: Optional[float] = None) -> Tensor:
-    """Â = (R − mean_group R) / max(std, eps), rewards [P, G] → advantages [P, G]."""
+                     clip: Optional[float] = None, std_estimator: StdEstimator = "population") -> Tensor:
+    """Â = (R − mean_group R) / max(std, eps)  (or / (std_bessel + eps)), rewards [P, G] → advantages [P, G]."""
     _check_layout(rewards, 2, "rewards")
     centred = rewards - _mean(rewards, dim=1)
     if std_scope == "group":
@@ -53,21 +69,24 @@ def group_advantages(rewards: Tensor, *, std_scope: StdScope = "global", eps: fl
             raise ValueError("std_scope='group' needs a group size G >= 2 (a single sample has no spread);"
                              " raise group_size or use std_scope='global'")
         std = rewards.std(dim=1, keepdim=True, unbiased=False)
+        n = rewards.shape[1]
     elif std_scope == "global":
         std = rewards.std(unbiased=False)
+        n = rewards.numel()
     else:
         raise ValueError(f"std_scope={std_scope!r}; choose 'group' or 'global'")
-    return _clip(centred / std.clamp_min(eps), clip)
+    return _clip(centred / _scale(std, n, std_estimator, eps), clip)
 
 
 def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = None, eps: float = 1e-6,
-                    clip: Optional[float] = None) -> Tensor:
+                    clip: Optional[float] = None, std_estimator: StdEstimator = "population") -> Tensor:
     """GDPO (paper §1.5): normalise each reward within its group, weight, sum, then batch-normalise.
 
     rewards [P, G, K] → advantages [P, G].
       1. a_k = (r_k − mean_g r_k) / max(std_g r_k, eps)      per reward k, per group g
       2. s   = Σ_k w_k · a_k                                 (w_k = 1 by default: the paper's equal weights)
       3. Â   = (s − mean_batch s) / max(std_batch s, eps)
+    (with std_estimator="bessel" every max(std, eps) is std_bessel + eps instead.)
     """
     _check_layout(rewards, 3, "rewards")
     k = rewards.shape[2]
@@ -76,6 +95,7 @@ def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = Non
     if w.shape != (k,):
         raise ValueError(f"weights has {w.numel()} entries but rewards has K={k} rewards")
     per_reward = (rewards - _mean(rewards, dim=1)) / \
-        rewards.std(dim=1, keepdim=True, unbiased=False).clamp_min(eps)
+        _scale(rewards.std(dim=1, keepdim=True, unbiased=False), rewards.shape[1], std_estimator, eps)
     summed = (per_reward * w).sum(dim=2)
-    return _clip((summed - _mean(summed)) / summed.std(unbiased=False).clamp_min(eps), clip)
+    return _clip((summed - _mean(summed)) / _scale(summed.std(unbiased=False), summed.numel(), std_estimator, eps),
+                 clip)

@@ -18,6 +18,14 @@ from typing import Any, Literal, Optional
 from .losses import POLICY_LOSSES
 
 KernelName = Literal["flow_sde", "cps", "dance_sde"]
+
+# The convention presets (docs/conventions.md): the values each preset gives the fields left unset.
+CONVENTION_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(sigma_grid="pipeline", cps_logp="normalized", beta_units="exact_kl", adv_std="population",
+                  adv_eps=1e-6, kl_tie="keep"),
+    "official": dict(sigma_grid="official", cps_logp="unnormalized", beta_units="mean_sq", adv_std="bessel",
+                     adv_eps=1e-8, kl_tie="block"),
+}
 LossName = Literal["flow_dppo", "flow_dppo_symmetric", "flow_dppo_predictive", "flow_grpo", "grpo_guard",
                    "no_trust_region"]
 
@@ -134,10 +142,45 @@ class Config:
     """"group": weighted reward sum, group-relative; "gdpo": per-reward normalisation (paper §1.5)."""
     std_scope: Literal["group", "global"] = "global"
     """Advantage std: each group's, or one over the whole batch (paper recipe)."""
-    adv_eps: float = 1e-6
-    """Floor of the advantage std."""
+    adv_eps: Optional[float] = None
+    """Advantage-std epsilon, used as adv_std says (a floor, or added).  None = the preset's: 1e-6 ("paper"),
+    1e-8 ("official")."""
     adv_clip: Optional[float] = 5.0
     """Clip advantages to ±adv_clip (None = no clip)."""
+
+    # --- conventions (docs/conventions.md) --------------------------------------------------------------
+    conventions: Literal["paper", "official"] = "paper"
+    """Preset for the convention fields below that are left unset (None); the resolved values are saved in
+    config.json.  "paper": the paper's equations where it states one (normalized Eq. 6 log-probs, the exact
+    Eq. 14 KL for β, Eq. 18's strict KL > δ), a population std with a 1e-6 floor, and the diffusers
+    pipeline's own σ grid (the paper states none).  "official": what the published
+    Flow-DPPO code and its ports do (UniRL; Flow-Factory for β, which UniRL's release did not have):
+    sigma_grid=official, cps_logp=unnormalized, beta_units=mean_sq, adv_std=bessel, adv_eps=1e-8,
+    kl_tie=block.  A field set explicitly wins over the preset."""
+    sigma_grid: Optional[Literal["pipeline", "official"]] = None
+    """σ grid of rollout AND evaluation.  "pipeline": the diffusers scheduler's own set_timesteps(K) (SD3.5
+    at K = 10: 1, .9601, …, .2780, .0089, 0 — its timesteps are spaced down to the already shifted σ_min and
+    shifted again); "official": shift(linspace(1, 1/K, K)) then 0, shift(σ) = s·σ/(1 + (s − 1)σ) with the
+    scheduler's own shift s (SD3.5: 1, .9643, …, .4286, .25, 0; largest gap 0.241 at the last step).  The FLUX
+    pipelines already use the official form, and the embedded world (no scheduler) uses shifted_sigmas(K,
+    shift) for both.  None = the preset's (paper: pipeline)."""
+    cps_logp: Optional[Literal["normalized", "unnormalized"]] = None
+    """CPS only: the log-prob in the policy ratio.  "normalized": the Gaussian density of Eq. 6;
+    "unnormalized": −(x − μ)² as the published codes (no 1/(2σ²), no constants), so log r_theirs =
+    2σ²·log r_ours: the mask's decisions are unchanged but the surrogate's gradient is 2σ² times larger
+    (2σ² = 1.68 … 1.02 on SD3.5's steps 0–4 at η = 0.8, official grid) and a clip ε acts on r^(2σ²).  The KL of the
+    mask is exact either way.  None = the preset's (paper: normalized)."""
+    beta_units: Optional[Literal["exact_kl", "mean_sq"]] = None
+    """Units of the β term: "exact_kl" = KL(π_θ‖π_ref) = ‖μ_θ − μ_ref‖²/(2σ²) (Eq. 14); "mean_sq" =
+    ‖μ_θ − μ_ref‖² (Flow-Factory), so β_exact = β_mean_sq·2σ² per step.  Both use kl_reduction.  None = the
+    preset's (paper: exact_kl)."""
+    adv_std: Optional[Literal["population", "bessel"]] = None
+    """Advantage std: "population" (ddof 0) floored at adv_eps (a constant group gives exactly 0), or
+    "bessel" (ddof 1) plus adv_eps (UniRL): advantages √((N−1)/N) times smaller, 0.968 for N = 16, 0.9995 for a
+    global std over 1024 samples.  None = the preset's (paper: population)."""
+    kl_tie: Optional[Literal["keep", "block"]] = None
+    """A sample whose KL equals δ exactly: "keep" (Eq. 18: M = 0 needs KL > δ) or "block" (the published codes
+    test KL ≥ δ).  None = the preset's (paper: keep)."""
 
     # --- optimisation ---------------------------------------------------------------------------------
     lr: float = 1e-4
@@ -169,12 +212,33 @@ class Config:
     eval_seed: int = 1234
     checkpoint_every: int = 10
     """Checkpoint every N iterations (and at the end); resume restarts from the latest."""
+    onpolicy_tolerance: Optional[float] = 1e-4
+    """Largest per-dim |log r| allowed on the first (on-policy, π_θ = π_old) minibatch of an iteration; above
+    it the run warns loudly (rollout/update disagreement: e.g. a rollout that ignores the LoRA adapter).  It is
+    exactly 0 on CPU; compiled or batch-shape-dependent GPU kernels give ~1e-5.  Scale: rollout means off by
+    ρσ per element give a per-dim |log r| of ≈ 3ρ/√D over a minibatch (Eq. 13), ≈ 1e-4 for ρ = 1 % at
+    D = 65 536, so the default sits 10× above the GPU noise floor.  0 = warn on any disagreement; None =
+    never warn (the value is logged as onpolicy/abs_log_ratio_max either way)."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to <run_dir>/tb."""
     progress: bool = True
     """Show a progress bar on the console."""
 
     # ------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        """Fill the unset convention fields from the `conventions` preset (explicit values win)."""
+        if self.conventions not in CONVENTION_PRESETS:
+            raise ValueError(f"config.conventions: unknown preset {self.conventions!r}. Fix: use one of "
+                             f"{sorted(CONVENTION_PRESETS)}")
+        for name, value in CONVENTION_PRESETS[self.conventions].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)   # frozen dataclass: resolved once, at construction
+
+    @property
+    def logp_scale(self) -> str:
+        """The log-prob scale of the policy ratio: cps_logp applies to the CPS kernel only."""
+        return "unnormalized" if self.kernel == "cps" and self.cps_logp == "unnormalized" else "normalized"
+
     @property
     def batch_size(self) -> int:
         return self.prompts_per_iter * self.group_size
@@ -246,6 +310,14 @@ class Config:
                     bad(name, "applies to diffusers models only; the embedded world has no separate text "
                         "encoder on a device and is too small to gain from compilation",
                         f"drop {name}=true, or set model= to a diffusers hub id or directory")
+        if self.logp_scale == "unnormalized" and self.loss in ("flow_dppo_predictive", "grpo_guard"):
+            bad("cps_logp", f"loss={self.loss} is defined on normalized log-probs (its correction terms assume "
+                "Eq. 6's 1/(2σ²))", "set cps_logp=normalized, or choose flow_dppo / flow_dppo_symmetric / flow_grpo")
+        if self.adv_eps <= 0:
+            bad("adv_eps", f"{self.adv_eps} <= 0 leaves a constant-reward group at 0/0", "use e.g. 1e-6 or 1e-8")
+        if self.onpolicy_tolerance is not None and self.onpolicy_tolerance < 0:
+            bad("onpolicy_tolerance", f"{self.onpolicy_tolerance} < 0", "use >= 0 (0 = warn on any "
+                "disagreement) or none to disable the warning")
         if self.guidance_scale < 1 or self.eval_guidance_scale < 1 or self.ref_guidance_scale < 1:
             bad("guidance_scale", "CFG scales must be >= 1 (1 = no guidance)", "use >= 1")
         return self

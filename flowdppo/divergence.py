@@ -42,6 +42,13 @@ def gaussian_kl(mean_p: Tensor, mean_q: Tensor, std: Tensor, reduction: Reductio
     return _reduce(diff**2 / (2.0 * std.to(diff.dtype) ** 2), reduction)
 
 
+def squared_distance(mean_p: Tensor, mean_q: Tensor, reduction: Reduction = "per_dim") -> Tensor:
+    """‖μ_p − μ_q‖² (sum) or its per-dim mean, shape [B]: Eq. 14 without the 1/(2σ²), i.e. 2σ²·KL.
+
+    The x-space penalty some published codes use for KL-to-reference (config.beta_units="mean_sq")."""
+    return _reduce((mean_p - mean_q) ** 2, reduction)
+
+
 def kl_sum(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
     """Eq. 14 summed over latent dims (nats per step)."""
     return gaussian_kl(mean_p, mean_q, std, "sum")

@@ -40,7 +40,7 @@ def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[Promp
     per = cfg.eval_samples_per_prompt
     cond = cond_repeat(policy.encode_prompts([it.text for it in items]), per)
     from .trainer import sigma_grid
-    latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift),
+    latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift, cfg.sigma_grid),
                          guidance_scale=cfg.eval_guidance_scale,
                          generators=eval_generators(cfg.eval_seed, len(items), per))
     images = policy.decode(latents).float().clamp(0, 1)

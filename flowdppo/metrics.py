@@ -29,11 +29,18 @@ STEP_METRICS: dict[str, str] = {
     "ratio_mean": "mean ratio r = exp(log π_θ − log π_old) (reduction = config.logp_reduction)",
     "ratio_std": "std of r within a micro-batch step, averaged",
     "ratio_min": "minimum r", "ratio_max": "maximum r",
-    "log_ratio_abs_mean": "mean |log r|",
+    "log_ratio_abs_mean": "mean |log r| (config.logp_reduction; with cps_logp=unnormalized on CPS, the 2σ²-scaled "
+                          "log-ratio the surrogate uses)",
+    "abs_log_ratio_per_dim_max": "largest per-dim |log r| (Eq. 6, normalized, formed exactly from the residuals) "
+                                 "over the minibatch's samples and trained steps",
+    "onpolicy/abs_log_ratio_max": "abs_log_ratio_per_dim_max of the iteration's first minibatch (epoch 0), where "
+                                  "π_θ = π_old: exactly 0 when rollout and update compute the same policy (CPU), "
+                                  "~1e-5 with batch-shape-dependent GPU kernels; above config.onpolicy_tolerance "
+                                  "the run warns (flowdppo.onpolicy); repeated in every record of the iteration",
     "kl_sum_mean": "mean exact KL(π_old‖π_θ), Eq. 14 summed over dims", "kl_sum_max": "its maximum",
     "kl_per_dim_mean": "mean exact KL(π_old‖π_θ) per latent dim", "kl_per_dim_max": "its maximum",
-    "k1": "mean of −log r (sample KL estimator k1)",
-    "k3": "mean of (r − 1) − log r (sample KL estimator k3)",
+    "k1": "mean of −log r (sample KL estimator k1: → KL(π_old‖π_θ) under π_old with summed log-probs)",
+    "k3": "mean of (r − 1) − log r (sample KL estimator k3, the same limit)",
     "kl_exceeded": "fraction with KL_old > δ (in config.kl_reduction units)",
     "blocked_pos": "fraction masked with Â > 0 (pushing r above 1 past the trust region)",
     "blocked_neg": "fraction masked with Â ≤ 0",
@@ -43,7 +50,8 @@ STEP_METRICS: dict[str, str] = {
     "clip_frac": "ratio-clipping losses: fraction with |r − 1| > ε",
     "clip_frac_gradient": "flow_grpo: fraction whose gradient the clip removes",
     "guard_ratio_mean": "grpo_guard: mean re-normalised ratio",
-    "kl_ref": "exact KL(π_θ‖π_ref) at trained steps (β > 0 only), config.kl_reduction units",
+    "kl_ref": "the β-penalised divergence to π_ref at trained steps (β > 0 only), config.kl_reduction units: the "
+              "exact KL(π_θ‖π_ref) (beta_units=exact_kl) or ‖μ_θ − μ_ref‖² (mean_sq, = 2σ²·KL)",
     "kl_ref_loss": "β × mean kl_ref (β > 0 only)",
     "loss": "total loss (policy + β·KL_ref), mean over samples and trained steps",
     "policy_loss": "policy part of the loss",

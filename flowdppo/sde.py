@@ -140,6 +140,40 @@ def gaussian_logp(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return -((x_next.to(mean.dtype) - mean) ** 2) / (2.0 * std**2) - torch.log(std) - 0.5 * _LOG_2PI
 
 
+LogpScale = Literal["normalized", "unnormalized"]
+LOGP_SCALES: tuple[str, ...] = ("normalized", "unnormalized")
+
+
+def log_ratio(x_next: Tensor, mean: Tensor, old_mean: Tensor, std: Tensor,
+              reduction: Literal["sum", "per_dim"] = "per_dim", scale: LogpScale = "normalized") -> Tensor:
+    """Eq. 6 without cancellation: log π_θ(x'|x) − log π_old(x'|x) = (‖x' − μ_old‖² − ‖x' − μ_θ‖²)/(2σ²), [B].
+
+    Subtracting two log-densities (each O(1) per dim: −½ε² − log σ − ½log 2π) leaves a log-ratio of order
+    √(2·KL/D) ≈ 1.7e-6 at δ = 1e-7 per dim and D = 65 536 after the O(1) terms cancel, so in fp32 the
+    rounding of the two densities (≈ 1e-8–1e-7) flips the sign of log r for a few % of samples near the
+    threshold.  Here the element-wise residual difference is formed with no O(1) term at all,
+        (x' − μ_old)² − (x' − μ_θ)² = ((x' − μ_old) + (x' − μ_θ))·(μ_θ − μ_old),
+    where μ_θ − μ_old is an exact fp32 subtraction of nearby numbers, and reduced once (sum over the
+    latent dims, or their mean for "per_dim").  The gradient in μ_θ is (x' − μ_θ)/σ² (÷D per-dim), that of
+    the log-density difference.  scale="unnormalized" is the log-ratio of the published CPS codes, whose
+    log-prob is −(x' − μ)² (no 1/(2σ²), no constants): the same without the division, i.e. 2σ² times the
+    normalized one.  Shapes: x_next/mean/old_mean [B, *latent]; std broadcastable ([B, 1, …] or 0-d).
+    """
+    x = x_next.to(mean.dtype)
+    old = old_mean.to(mean.dtype)
+    residual_diff = ((x - old) + (x - mean)) * (mean - old)
+    if scale == "normalized":
+        residual_diff = residual_diff / (2.0 * std.to(mean.dtype) ** 2)
+    elif scale != "unnormalized":
+        raise ValueError(f"unknown log-prob scale {scale!r}; choose one of {LOGP_SCALES}")
+    flat = residual_diff.flatten(1)
+    if reduction == "sum":
+        return flat.sum(1)
+    if reduction == "per_dim":
+        return flat.mean(1)
+    raise ValueError(f"unknown reduction {reduction!r}; choose 'sum' or 'per_dim'")
+
+
 @dataclass
 class Step:
     """One transition.  Shapes: x_next/mean [B, *latent]; std [B, 1, …] (broadcastable);
@@ -184,7 +218,11 @@ def step(kernel: Kernel, *, x: Tensor, v: Tensor, sigma: SigmaLike, sigma_next: 
 # ----------------------------------------------------------------------------------------------------
 def shifted_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
     """The σ grid [σ_0 = 1, …, σ_K = 0] (num_steps + 1 points, fp64) of SD3-style schedulers:
-    linspace(1, 0) mapped through σ ↦ shift·σ / (1 + (shift − 1)·σ) (diffusers' static shift)."""
+    linspace(1, 0) mapped through σ ↦ shift·σ / (1 + (shift − 1)·σ) (diffusers' static shift).
+
+    This is also the "official" grid of config.sigma_grid, shift(linspace(1, 1/K, K)) with 0 appended:
+    linspace(1, 0, K + 1) is those K points followed by 0, and the shift maps 0 to 0.  (SD3's diffusers
+    scheduler differs: it spaces its timesteps between the shifted σ_max and σ_min and shifts again.)"""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import dist, losses, sde
+from . import dist, losses, onpolicy, sde
 from .advantages import gdpo_advantages, group_advantages
 from .config import Config, config_diff, make_config
 from .divergence import gaussian_kl
@@ -95,11 +95,14 @@ def build_components(cfg: Config) -> Components:
                       evaluate_images=evaluate, cell_marks=marks, cell_boxes=boxes)
 
 
-def sigma_grid(policy: Policy, num_steps: int, shift: float) -> Tensor:
+def sigma_grid(policy: Policy, num_steps: int, shift: float, grid: str = "pipeline") -> Tensor:
     """The σ grid [1, …, 0] (num_steps + 1 points): the policy's own scheduler grid when it has one
-    (diffusers pipelines: SD3's static shift, FLUX's resolution-dependent shift), else `shifted_sigmas`."""
+    (diffusers pipelines: SD3's static shift, FLUX's resolution-dependent shift; `grid` = config.sigma_grid),
+    else `shifted_sigmas`, which is the official shift(linspace(1, 1/K, K)) grid already."""
     own = getattr(policy, "sigma_schedule", None)
-    return own(num_steps) if own is not None else sde.shifted_sigmas(num_steps, shift)
+    if own is None:
+        return sde.shifted_sigmas(num_steps, shift)
+    return own(num_steps) if grid == "pipeline" else own(num_steps, grid=grid)
 
 
 def minibatch_assignment(n_local: int, num_minibatches: int, *, seed: int, iteration: int, epoch: int,
@@ -139,11 +142,13 @@ def compute_advantages(cfg: Config, rewards_global: Tensor) -> Tensor:
     """rewards [B_global, K] in prompt-major order → advantages [B_global]."""
     r = rewards_global.reshape(cfg.prompts_per_iter, cfg.group_size, -1).double()
     if cfg.advantage == "gdpo":
-        adv = gdpo_advantages(r, weights=cfg.reward_weights, eps=cfg.adv_eps, clip=cfg.adv_clip)
+        adv = gdpo_advantages(r, weights=cfg.reward_weights, eps=cfg.adv_eps, clip=cfg.adv_clip,
+                              std_estimator=cfg.adv_std)
     else:
         w = torch.ones(r.shape[2], dtype=r.dtype) if cfg.reward_weights is None else \
             torch.tensor(cfg.reward_weights, dtype=r.dtype)
-        adv = group_advantages((r * w).sum(2), std_scope=cfg.std_scope, eps=cfg.adv_eps, clip=cfg.adv_clip)
+        adv = group_advantages((r * w).sum(2), std_scope=cfg.std_scope, eps=cfg.adv_eps, clip=cfg.adv_clip,
+                               std_estimator=cfg.adv_std)
     return adv.reshape(-1).float()
 
 
@@ -151,13 +156,16 @@ def policy_loss_fn(cfg: Config):
     """The configured loss from the table, with its hyperparameters bound."""
     fn = losses.POLICY_LOSSES[cfg.loss]
     if cfg.loss.startswith("flow_dppo"):
-        kw = dict(delta=cfg.delta, kl_reduction=cfg.kl_reduction, logp_reduction=cfg.logp_reduction)
+        kw = dict(delta=cfg.delta, kl_reduction=cfg.kl_reduction, logp_reduction=cfg.logp_reduction,
+                  kl_tie=cfg.kl_tie)
         if cfg.loss == "flow_dppo_predictive":
             kw["step_size"] = cfg.predictive_step_size
     elif cfg.loss == "no_trust_region":
         kw = dict(logp_reduction=cfg.logp_reduction)
     else:
         kw = dict(clip_range=cfg.clip_range, logp_reduction=cfg.logp_reduction)
+    if cfg.loss in ("flow_dppo", "flow_dppo_symmetric", "flow_grpo", "no_trust_region"):   # CPS-scale choice
+        kw["logp_scale"] = cfg.logp_scale
     return functools.partial(fn, **kw)
 
 
@@ -205,16 +213,13 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
             x = traj.x[idx, t]
             v = policy.velocity(x, sigma_batch(s, len(micro), x), cond, guidance_scale=cfg.guidance_scale).float()
             st = sde.step(cfg.kernel, x=x, v=v, sigma=s, sigma_next=s_next, eta=cfg.eta, x_next=traj.x_next[idx, t])
-            per_dim = cfg.logp_reduction == "per_dim"
-            logp = st.logp_per_dim if per_dim else st.logp_sum
-            old_logp = (traj.old_logp_per_dim if per_dim else traj.old_logp_sum)[idx, t]
-            old_mean = traj.old_mean[idx, t]
-            per_sample, stats = loss_fn(logp=logp, old_logp=old_logp, mean=st.mean, old_mean=old_mean,
-                                        std=st.std, advantages=a, sample=traj.x_next[idx, t])
+            old_mean, x_next = traj.old_mean[idx, t], traj.x_next[idx, t]
+            # no log-probs passed: the loss forms log r from the residuals, exact in fp32 (sde.log_ratio)
+            per_sample, stats = loss_fn(mean=st.mean, old_mean=old_mean, std=st.std, advantages=a, sample=x_next)
             total_loss = per_sample
             if cfg.beta > 0:
                 kl_ref = losses.kl_to_reference(mean=st.mean, ref_mean=traj.ref_mean[idx, t], std=st.std,
-                                                reduction=cfg.kl_reduction)
+                                                reduction=cfg.kl_reduction, units=cfg.beta_units)
                 total_loss = per_sample + cfg.beta * kl_ref
                 stats["kl_ref"] = kl_ref.detach().mean()
                 ref_sum += kl_ref.detach().sum()
@@ -223,7 +228,7 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
             total.add(stats, len(micro))
             per_step[t].add(stats, len(micro))
             with torch.no_grad():
-                lr_all[t].append(st.logp_per_dim.detach() - traj.old_logp_per_dim[idx, t])
+                lr_all[t].append(sde.log_ratio(x_next, st.mean.detach(), old_mean, st.std, "per_dim"))
                 kl_all[t].append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
                 adv_all[t].append(a)
     dist.average_gradients(params, info)
@@ -239,7 +244,8 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     for q in _QUANTILES:
         stats[f"q/kl_old_per_dim@{q:g}"] = torch.quantile(kl_d.double(), q).float()
         stats[f"q/abs_log_ratio_per_dim@{q:g}"] = torch.quantile(log_ratio.abs().double(), q).float()
-    stats.update(loss=loss_sum / denom, policy_loss=pol_sum / denom, grad_norm=grad_norm.detach())
+    stats.update(loss=loss_sum / denom, policy_loss=pol_sum / denom, grad_norm=grad_norm.detach(),
+                 abs_log_ratio_per_dim_max=log_ratio.abs().max())
     if cfg.beta > 0:
         stats["kl_ref_loss"] = cfg.beta * ref_sum / denom
     stats = dist.reduce_stats(stats, info)
@@ -372,7 +378,7 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
     loss_fn = policy_loss_fn(cfg)
     latent_dim = int(torch.tensor(policy.latent_shape).prod())
     train_items = comps.splits["train"]
-    sigmas = sigma_grid(policy, cfg.num_steps, cfg.shift)
+    sigmas = sigma_grid(policy, cfg.num_steps, cfg.shift, cfg.sigma_grid)
     pool = cfg.sde_indices_pool()
     if cfg.batch_size % info.world_size or (cfg.batch_size // info.world_size) % cfg.num_minibatches:
         raise ValueError(f"config.prompts_per_iter: batch {cfg.batch_size} must split evenly over {info.world_size} "
@@ -470,6 +476,10 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
             for j, rows in enumerate(mbs):
                 ts = time.perf_counter()
                 fields = update_minibatch(policy, traj, rows, adv, cfg, loss_fn, params, optimizer, info)
+                if epoch == 0 and j == 0:   # π_θ = π_old here: any |log r| > 0 is rollout/update disagreement
+                    iter_fields["onpolicy/abs_log_ratio_max"] = fields["abs_log_ratio_per_dim_max"]
+                    if info.is_main:
+                        onpolicy.check(fields["abs_log_ratio_per_dim_max"], cfg.onpolicy_tolerance, iteration=it)
                 opt_step += 1
                 update_time += time.perf_counter() - ts
                 record = {"iteration": it, "epoch": epoch, "minibatch": j, "opt_step": opt_step,

@@ -358,3 +358,26 @@ def test_lora_alpha_none_means_twice_the_rank(paths):
     policy = _load(paths["flux"], lora_rank=3, lora_alpha=None)
     cfg = policy.pipe.transformer.peft_config["default"]
     assert cfg.r == 3 and cfg.lora_alpha == 6
+
+
+def test_sigma_grid_convention_on_the_sd3_adapter_and_the_flux_adapters(paths):
+    """config.sigma_grid through trainer.sigma_grid (docs/conventions.md): SD3 (scheduler shift 3, K = 10)
+    "pipeline" = the scheduler's set_timesteps(10) grid 1, .9601, …, .2780, .0089, 0 and "official" =
+    shift(linspace(1, 1/10, 10)) ∪ {0} = 1, 27/28, …, 3/7, 1/4, 0 (the scheduler's shift, not config.shift);
+    their largest gap is 0.241, at the last step.  The FLUX adapters already use the official form: both
+    grids are identical.  Values pinned to 4 decimals (pipeline) and to the exact rationals at fp32 (official)."""
+    from flowdppo.trainer import sigma_grid
+    sd3 = _load(paths["sd3"])
+    pipeline = sigma_grid(sd3, 10, 1.0, "pipeline")
+    official = sigma_grid(sd3, 10, 1.0, "official")
+    torch.testing.assert_close(pipeline, torch.tensor([1.0, .9601, .9133, .8577, .7904, .7073, .6022, .4649, .2780,
+                                                       .0089, 0.0], dtype=torch.float64), rtol=0, atol=5e-5)
+    exact = [1, 27 / 28, 12 / 13, 7 / 8, 9 / 11, 3 / 4, 2 / 3, 9 / 16, 3 / 7, 1 / 4, 0]
+    torch.testing.assert_close(official, torch.tensor(exact, dtype=torch.float64), rtol=0, atol=1e-7)
+    gap = (official - pipeline).abs()
+    assert int(gap.argmax()) == 9 and abs(float(gap.max()) - 0.2411) < 1e-4
+    with pytest.raises(ValueError, match="sigma_grid"):
+        sd3.sigma_schedule(10, grid="uniform")
+    for fam in ("flux", "flux2_klein"):
+        policy = _load(paths[fam])
+        assert torch.equal(sigma_grid(policy, 10, 1.0, "official"), sigma_grid(policy, 10, 1.0, "pipeline"))

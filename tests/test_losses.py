@@ -86,3 +86,23 @@ def test_no_trust_region_is_the_plain_surrogate():
         loss_b.sum().backward()
         torch.testing.assert_close(logp_a.grad, naive, rtol=1e-12, atol=0)    # d(−Â·r)/dlogp = −Â·r
         torch.testing.assert_close(logp_a.grad, logp_b.grad, rtol=1e-12, atol=0)
+    # the trainer's path: log r from the residuals (no log-probs given), gradient through μ_θ
+    exact = dict(b, logp=None, old_logp=None, sample=b["old_mean"] + 0.3 * b["std"])
+    mean_a, mean_b = b["mean"].clone().requires_grad_(True), b["mean"].clone().requires_grad_(True)
+    loss_a, _ = losses.no_trust_region(**dict(exact, mean=mean_a))
+    loss_b, _ = losses.flow_dppo(**dict(exact, mean=mean_b), delta=float("inf"))
+    torch.testing.assert_close(loss_a.detach(), loss_b.detach(), rtol=1e-12, atol=0)
+    loss_a.sum().backward()
+    loss_b.sum().backward()
+    torch.testing.assert_close(mean_a.grad, mean_b.grad, rtol=1e-12, atol=0)
+
+
+def test_log_ratio_source_is_explicit():
+    """Log-probs come as a pair or not at all; without them the action is needed (log r from the residuals)."""
+    b = _batch()
+    with pytest.raises(ValueError, match="both logp and old_logp"):
+        losses.flow_dppo(**dict(b, old_logp=None))
+    with pytest.raises(ValueError, match="sample"):
+        losses.flow_dppo(**dict(b, logp=None, old_logp=None, sample=None))
+    with pytest.raises(ValueError, match="logp_reduction"):
+        losses.flow_grpo_clip(**dict(b, logp=None, old_logp=None), logp_reduction="mean")

@@ -25,8 +25,9 @@ What the base class guarantees (the Policy protocol, flowdppo/policy/base.py):
     FLUX (11.9 B) per GPU when replicated; under torchrun the trainer shards both transformers with
     FSDP2 (config.parallel, `fsdp_roots()`), dividing that by the number of ranks.
 
-Extra (not in the protocol): `sigma_schedule(num_steps)` gives the pipeline's own σ grid (its scheduler
-shift / resolution-dependent shift) so rollouts can match the diffusers sampler; `wrap_transformer(fn)`
+Extra (not in the protocol): `sigma_schedule(num_steps, grid)` gives the pipeline's own σ grid (its scheduler
+shift / resolution-dependent shift) so rollouts can match the diffusers sampler, or the official
+shift(linspace(1, 1/K, K)) grid (config.sigma_grid); `wrap_transformer(fn)`
 lets a trainer wrap the transformer (e.g. torch.compile) while LoRA toggling keeps acting on the bare
 module; `fsdp_roots()` hands the full-fine-tuning modules to the trainer's FSDP2 sharding;
 `save_lora_for_diffusers(dir)` writes the LoRA so a plain pipeline can `load_lora_weights(dir)`;
@@ -292,8 +293,9 @@ class DiffusersPolicy:
             out.append((img.float() / 2 + 0.5).clamp(0, 1))
         return torch.cat(out)
 
-    def sigma_schedule(self, num_steps: int) -> Tensor:
-        """The pipeline's σ grid [σ_0 = 1, …, σ_K = 0] (num_steps + 1 values, float64)."""
+    def sigma_schedule(self, num_steps: int, grid: str = "pipeline") -> Tensor:
+        """The σ grid [σ_0 = 1, …, σ_K = 0] (num_steps + 1 values, float64): the pipeline's own ("pipeline")
+        or shift(linspace(1, 1/K, K)) with the scheduler's shift ("official", config.sigma_grid)."""
         raise NotImplementedError
 
     def _fresh_scheduler(self):

@@ -39,6 +39,11 @@ FLUX2_LORA_TARGETS = (r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\
                       r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)")
 
 
+def _check_grid(grid: str) -> None:
+    if grid not in ("pipeline", "official"):
+        raise ValueError(f"grid={grid!r}; choose 'pipeline' or 'official' (config.sigma_grid)")
+
+
 def _packed_side(resolution: int, vae_scale_factor: int) -> int:
     """Packed-token grid side: the latent side (a multiple of 2) halved, as the pipelines compute it."""
     return (2 * (resolution // (vae_scale_factor * 2))) // 2
@@ -91,8 +96,10 @@ class FluxPolicy(DiffusersPolicy):
         z = (z / self._scaling + self._shift).to(vae.dtype)
         return vae.decode(z, return_dict=False)[0]
 
-    def sigma_schedule(self, num_steps: int) -> Tensor:
-        """FluxPipeline's grid: linspace(1, 1/K, K) time-shifted by μ(image tokens), then 0."""
+    def sigma_schedule(self, num_steps: int, grid: str = "pipeline") -> Tensor:
+        """FluxPipeline's grid: linspace(1, 1/K, K) time-shifted by μ(image tokens), then 0.  It already has
+        the official form (config.sigma_grid), so both grids are this one."""
+        _check_grid(grid)
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
         sched = self._fresh_scheduler()
         c = sched.config
@@ -154,8 +161,10 @@ class Flux2KleinPolicy(DiffusersPolicy):
         z = pipe._unpatchify_latents(z).to(vae.dtype)                                 # [b, C, h, w]
         return vae.decode(z, return_dict=False)[0]
 
-    def sigma_schedule(self, num_steps: int) -> Tensor:
-        """Flux2KleinPipeline's grid: linspace(1, 1/K, K) shifted by its empirical μ(tokens, K), then 0."""
+    def sigma_schedule(self, num_steps: int, grid: str = "pipeline") -> Tensor:
+        """Flux2KleinPipeline's grid: linspace(1, 1/K, K) shifted by its empirical μ(tokens, K), then 0.  It
+        already has the official form (config.sigma_grid), so both grids are this one."""
+        _check_grid(grid)
         from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
         sched = self._fresh_scheduler()
         mu = compute_empirical_mu(image_seq_len=self.latent_shape[0], num_steps=num_steps)

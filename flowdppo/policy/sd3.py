@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -60,11 +61,19 @@ class SD3Policy(DiffusersPolicy):
         z = x.to(vae.dtype) / self._scaling + self._shift
         return vae.decode(z, return_dict=False)[0]
 
-    def sigma_schedule(self, num_steps: int) -> Tensor:
-        """The scheduler's grid (SD3.5: static shift 3.0 applied to linspace(1, 1/1000, K)), then 0."""
+    def sigma_schedule(self, num_steps: int, grid: str = "pipeline") -> Tensor:
+        """grid="pipeline": the scheduler's own set_timesteps(K) — timesteps spaced from σ_max = 1 down to its
+        already shifted σ_min, then shifted (SD3.5, shift 3, K = 10: 1, .9601, …, .2780, .0089), then 0.
+        grid="official": the scheduler's static shift applied to linspace(1, 1/K, K), then 0 (K = 10: 1,
+        .9643, …, .4286, .25, 0), the grid of the published Flow-DPPO code (config.sigma_grid)."""
         sched = self._fresh_scheduler()
         if sched.config.get("use_dynamic_shifting", False):
             raise ValueError("this SD3 scheduler uses dynamic shifting; sigma_schedule supports the static "
                              "shift of the SD3/SD3.5 releases only")
-        sched.set_timesteps(num_steps, device="cpu")
+        if grid == "pipeline":
+            sched.set_timesteps(num_steps, device="cpu")
+        elif grid == "official":
+            sched.set_timesteps(num_steps, device="cpu", sigmas=np.linspace(1.0, 1.0 / num_steps, num_steps))
+        else:
+            raise ValueError(f"grid={grid!r}; choose 'pipeline' or 'official' (config.sigma_grid)")
         return sched.sigmas.to(torch.float64)

@@ -256,23 +256,28 @@ def excluded_from_pretraining(seed: int = 0) -> set[str]:
 
 
 RELATION_SHARE = 0.1
+RELATION3_FRACTION = 0.5
 
 
-def pretraining_pool(size: int, seed: int, exclude: set[str], relation_share: float = RELATION_SHARE) -> list[PromptItem]:
+def pretraining_pool(size: int, seed: int, exclude: set[str], relation_share: float = RELATION_SHARE,
+                     relation3_fraction: float = RELATION3_FRACTION) -> list[PromptItem]:
     """A deterministic pool of pretraining prompts, skipping every text in `exclude`.
 
-    Mix (by draw): `relation_share` relation prompts (half 3-digit, half 4-digit); the rest is place
+    Mix (by draw): `relation_share` relation prompts (a `relation3_fraction` of them 3-digit, the rest
+    4-digit); the rest is place
     prompts with 1/2/3/4 digits (1:2:2:2) and full grids in the row template (3).  Relation prompts are
     deliberately rare, as GenEval-style compositional captions are rare in a T2I model's pretraining
     data: the base learns digits and places well and relations only partly."""
     if not 0.0 <= relation_share < 1.0:
         raise ValueError(f"relation_share must be in [0, 1), got {relation_share}")
+    if not 0.0 <= relation3_fraction <= 1.0:
+        raise ValueError(f"relation3_fraction must be in [0, 1], got {relation3_fraction}")
     rng = random.Random(seed)
     pool: list[PromptItem] = []
     seen: set[str] = set(exclude)
     r = 10.0 * relation_share / (1.0 - relation_share)     # the other kinds weigh 10 in total
     kinds = [(1, "places"), (2, "places"), (3, "places"), (4, "places"), (4, "rows"), (3, "relations"), (4, "relations")]
-    weights = [1, 2, 2, 2, 3, r / 2, r / 2]
+    weights = [1, 2, 2, 2, 3, r * relation3_fraction, r * (1.0 - relation3_fraction)]
     attempts = 0
     while len(pool) < size:
         attempts += 1

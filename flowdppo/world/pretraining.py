@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from ..policy.tiny import TINY_CONFIG, build_transformer
-from .data import RELATION_SHARE, CanvasSampler, excluded_from_pretraining, pretraining_pool
+from .data import RELATION3_FRACTION, RELATION_SHARE, CanvasSampler, excluded_from_pretraining, pretraining_pool
 from .text import MiniLMEncoder
 
 DEFAULT_STEPS = 4000
@@ -31,11 +31,14 @@ PROMPT_DROPOUT = 0.1
 def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int = 1,
              log_every: int = 250, batch_size: int = 128, lr: float = 1e-3, pool_size: int = 4096,
              warmup: int = 200, config: Optional[dict] = None, snapshot_every: int = 0,
-             relation_share: float = RELATION_SHARE) -> dict:
+             relation_share: float = RELATION_SHARE, relation3_fraction: float = RELATION3_FRACTION,
+             schedule_steps: Optional[int] = None) -> dict:
     """Train the base from scratch and save it (safetensors, config in the metadata) to out_path.
 
     steps: optimizer steps; batch_size: canvases per step; lr: AdamW peak (linear warm-up over `warmup`
     steps, cosine decay to 5 % of it); pool_size: distinct pretraining prompts (MiniLM-encoded once).
+    schedule_steps: length of the warm-up + cosine schedule (None = steps); steps < schedule_steps stops
+    early on that schedule, bit-identical to the same step of the longer run (an early checkpoint).
     snapshot_every > 0 also saves <out_path stem>.step<N>.safetensors every N steps (learning curves).
     Returns a summary dict (steps, seconds, final loss, params), also stored in the checkpoint's metadata.
     out_path None trains without saving (tests).
@@ -48,7 +51,10 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
     cfg = dict(config or TINY_CONFIG)
     model = build_transformer(cfg).train()
 
-    pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0), relation_share)
+    horizon = schedule_steps or steps
+    if horizon < steps:
+        raise ValueError(f"schedule_steps={schedule_steps} < steps={steps}: the schedule must cover every step")
+    pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0), relation_share, relation3_fraction)
     enc = MiniLMEncoder()
     states, pooled = enc.encode([it.text for it in pool])            # [N, L, 384], [N, 384]
     empty_states, empty_pooled = enc.encode([""])
@@ -59,7 +65,7 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, horizon))))))
     history = []
     running = 0.0
     for step in range(steps):
@@ -93,7 +99,8 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
             running = 0.0
 
     summary = {"steps": steps, "seed": seed, "threads": threads, "batch_size": batch_size, "lr": lr,
-               "pool_size": pool_size, "relation_share": relation_share, "params": sum(p.numel() for p in model.parameters()),
+               "pool_size": pool_size, "relation_share": relation_share,
+               "relation3_fraction": relation3_fraction, "schedule_steps": horizon, "params": sum(p.numel() for p in model.parameters()),
                "encode_seconds": round(t_encoded - t_start, 1), "seconds": round(time.time() - t_start, 1),
                "final_loss": history[-1]["loss"] if history else float(loss.detach())}
     if out_path is not None:
@@ -114,10 +121,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--pool-size", type=int, default=4096)
     p.add_argument("--snapshot-every", type=int, default=0)
     p.add_argument("--relation-share", type=float, default=RELATION_SHARE)
+    p.add_argument("--relation3-fraction", type=float, default=RELATION3_FRACTION)
+    p.add_argument("--schedule-steps", type=int, default=None)
     a = p.parse_args(argv)
     summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every,
                        pool_size=a.pool_size, snapshot_every=a.snapshot_every,
-                       relation_share=a.relation_share)
+                       relation_share=a.relation_share, relation3_fraction=a.relation3_fraction,
+                       schedule_steps=a.schedule_steps)
     print(json.dumps(summary))
 
 
