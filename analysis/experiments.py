@@ -43,7 +43,9 @@ from typing import Any, Iterable, Optional
 # ---------------------------------------------------------------------------------------------------
 BASE: dict[str, Any] = {
     # Scale chosen for one session on 2 shared CPU cores (~1.5 s per 1-thread iteration; the committed
-    # figures' ~70 runs took ≈ 1 h wall with --jobs 2).  The runs use the shipped base (flowdppo/assets).
+    # figures' ~70 runs took ≈ 1 h wall with --jobs 2).  The committed runs were trained on the FIRST world
+    # base (shipped as world_base_v1); every default they relied on that has changed since is pinned here.
+    "checkpoint": "world_base_v1",
     "iterations": 30,           # rollout→update iterations ("training epochs" on the paper's x axes)
     "prompts_per_iter": 8,      # groups per rollout (paper: 64)
     "group_size": 8,            # samples per prompt (paper: 16)

@@ -2,7 +2,7 @@
 
     flowdppo train [--config FILE] [key=value ...]      start a run (fields: flowdppo train --help-config)
     flowdppo train --resume RUN_DIR [key=value ...]     continue a run from its last checkpoint
-    flowdppo pretrain [--out FILE] [--steps N]          rebuild the embedded base model deterministically
+    flowdppo pretrain [--out FILE] [--recipe NAME]      rebuild a shipped base model deterministically
     flowdppo eval RUN_DIR [--iteration-tag TAG]         evaluate a run's latest checkpoint (pinned regime)
 """
 from __future__ import annotations
@@ -62,7 +62,9 @@ def _print_summary(run_dir: Path) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from . import world
-    kw = {k: v for k, v in dict(steps=args.steps, seed=args.seed, threads=args.threads).items() if v is not None}
+    from .world.pretraining import RECIPES
+    kw = dict(RECIPES[args.recipe])
+    kw.update({k: v for k, v in dict(steps=args.steps, seed=args.seed, threads=args.threads).items() if v is not None})
     out = world.pretrain(args.out, **kw)
     print(json.dumps(out, indent=2, default=str))
     return 0
@@ -85,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(f"no checkpoint in {run_dir}: evaluating the base model")
     for split in ("test", "ood"):
-        items = comps.splits.get(split, [])[: cfg.eval_prompts]
+        items = cfg.eval_items(comps.splits.get(split, []))
         if items:
             metrics, _ = evaluate_split(comps.policy, comps, cfg, items)
             print(split, json.dumps(metrics))
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     pt = sub.add_parser("pretrain", help="rebuild the embedded base model")
     pt.add_argument("--out", default="runs/world_base.safetensors",
                     help="where to write the rebuilt base (the shipped one is flowdppo/assets/world_base.safetensors)")
+    pt.add_argument("--recipe", default="world_base", choices=["world_base", "world_base_v1"],
+                    help="which shipped base to rebuild (world_base_v1: the one the committed paper_runs/ used)")
     pt.add_argument("--steps", type=int)
     pt.add_argument("--seed", type=int)
     pt.add_argument("--threads", type=int)

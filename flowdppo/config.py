@@ -58,7 +58,8 @@ class Config:
     model_family: Optional[str] = None
     """For diffusers models: "sd3", "flux", "flux2_klein", or None to detect from model_index.json."""
     checkpoint: str = ""
-    """Embedded model only: base weights file (safetensors); empty = the shipped base."""
+    """Embedded model only: base weights, a safetensors file or a shipped base's name ("world_base_v1" = the
+    first world's base, which the committed paper_runs/ used); empty = the shipped default base."""
     lora_rank: int = 0
     """LoRA rank (peft); 0 = full fine-tuning. Paper: 32 (SD3.5), 64 (FLUX)."""
     lora_alpha: Optional[float] = None
@@ -204,9 +205,9 @@ class Config:
     eval_num_steps: int = 10
     """ODE steps of the pinned evaluation regime."""
     eval_guidance_scale: float = 1.0
-    eval_prompts: int = 128
-    """Prompts per eval split (test, ood); the embedded test split has 128 layouts (its first 32 are not
-    balanced between 3- and 4-digit prompts)."""
+    eval_prompts: int = 0
+    """Prompts per eval split (test, ood), the first N of the split; 0 = every prompt of the split (the
+    embedded world: all 128 held-out layouts and all 128 OOD grids)."""
     eval_samples_per_prompt: int = 4
     """Fixed-seed samples per eval prompt (diversity is measured among them)."""
     eval_seed: int = 1234
@@ -246,6 +247,10 @@ class Config:
     @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
+
+    def eval_items(self, items: list) -> list:
+        """The prompts an evaluation uses: the first `eval_prompts` of the split, or all of them (0)."""
+        return list(items[: self.eval_prompts]) if self.eval_prompts else list(items)
 
     @property
     def micro_size(self) -> int:

@@ -302,7 +302,7 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
     roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
     results = {}
     for split in ("test", "ood"):
-        items = comps.splits.get(split, [])[: cfg.eval_prompts]
+        items = cfg.eval_items(comps.splits.get(split, []))
         if not items:
             continue
         with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):

@@ -43,7 +43,20 @@ from .data import CELL_BOXES
 from .rewards import REWARD_NAMES, cell_correct, evaluate_images, make_reward
 from .sampling import expand_items, sample_images
 
-BASE_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "world_base.safetensors"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BASE_CHECKPOINT = ASSETS / "world_base.safetensors"
+# Shipped bases by name: the current default, and the first world's base (the committed paper_runs/ were
+# trained from it: `checkpoint=world_base_v1` regenerates them).
+SHIPPED_BASES = {"world_base": BASE_CHECKPOINT, "world_base_v1": ASSETS / "world_base_v1.safetensors"}
+
+
+def resolve_checkpoint(checkpoint: Optional[str | Path]) -> Path:
+    """A world checkpoint: None / "" = the shipped default base, a shipped base's name, or a file path."""
+    if not checkpoint:
+        return BASE_CHECKPOINT
+    if str(checkpoint) in SHIPPED_BASES:
+        return SHIPPED_BASES[str(checkpoint)]
+    return Path(checkpoint)
 
 __all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "cell_correct", "CELL_BOXES", "sample_images", "expand_items",
            "pretrain", "main_pretrain", "REWARD_NAMES", "BASE_CHECKPOINT", "TinyFlowPolicy"]
@@ -51,7 +64,8 @@ __all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "ce
 
 def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, lora_alpha: Optional[float] = None,
                 device: str = "cpu") -> TinyFlowPolicy:
-    """The world's policy, initialised from `checkpoint` (a `pretrain` output; None = the shipped base).
+    """The world's policy, initialised from `checkpoint` (a `pretrain` output, a shipped base's name from
+    SHIPPED_BASES, or None = the shipped default base).
 
     lora_rank = 0: full fine-tuning with a frozen copy of the base as reference; > 0: LoRA adapters
     (alpha defaults to the rank), reference = adapters disabled."""
@@ -60,7 +74,7 @@ def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, 
 
     from .text import shared_encoder
 
-    path = Path(checkpoint) if checkpoint is not None else BASE_CHECKPOINT
+    path = resolve_checkpoint(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"world checkpoint {path} not found; build one with "
                                 f"`python -m flowdppo.world.pretraining {path}`")

@@ -7,7 +7,9 @@ x0 are canvases composed from the "gen" split of the digits for prompts drawn fr
 prompt so classifier-free guidance works.  Single process, fixed seeds, fixed thread count: two runs
 with the same arguments give identical weights.
 
-    python -m flowdppo.world.pretraining OUT.safetensors [--steps N] [--seed S] [--threads T]
+    python -m flowdppo.world.pretraining OUT.safetensors [--recipe world_base|world_base_v1] [--steps N] …
+
+With no options it rebuilds the shipped default base (`RECIPES["world_base"]`) bit for bit on one thread.
 """
 from __future__ import annotations
 
@@ -21,18 +23,30 @@ from typing import Optional
 import torch
 
 from ..policy.tiny import TINY_CONFIG, build_transformer
-from .data import RELATION3_FRACTION, RELATION_SHARE, CanvasSampler, excluded_from_pretraining, pretraining_pool
+from .data import CanvasSampler, excluded_from_pretraining, pretraining_pool
 from .text import MiniLMEncoder
 
-DEFAULT_STEPS = 4000
 PROMPT_DROPOUT = 0.1
+# The recipes of the shipped bases (flowdppo/assets/<name>.safetensors); `pretrain`'s defaults are the first.
+#   world_base     an EARLY checkpoint: step 2000 of a 4000-step schedule, half the prompts relational and
+#                  85 % of those 3-digit L shapes (whose implied empty cell the model learns last), so both
+#                  in-domain families sit mid-way (held-out accuracy ≈ 0.3 / 0.5) and RL has room to learn.
+#   world_base_v1  the first world's base (4000 steps, 10 % relational prompts, half 3-digit): 3-digit
+#                  layouts 0.21, 4-digit 0.82 — the committed paper_runs/ were trained from it.
+RECIPES: dict[str, dict] = {
+    "world_base": dict(steps=2000, schedule_steps=4000, seed=0, relation_share=0.5, relation3_fraction=0.85),
+    "world_base_v1": dict(steps=4000, schedule_steps=4000, seed=0, relation_share=0.1, relation3_fraction=0.5),
+}
+_DEFAULT = RECIPES["world_base"]
+DEFAULT_STEPS = _DEFAULT["steps"]
 
 
-def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int = 1,
+def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed: int = _DEFAULT["seed"], threads: int = 1,
              log_every: int = 250, batch_size: int = 128, lr: float = 1e-3, pool_size: int = 4096,
              warmup: int = 200, config: Optional[dict] = None, snapshot_every: int = 0,
-             relation_share: float = RELATION_SHARE, relation3_fraction: float = RELATION3_FRACTION,
-             schedule_steps: Optional[int] = None) -> dict:
+             relation_share: float = _DEFAULT["relation_share"],
+             relation3_fraction: float = _DEFAULT["relation3_fraction"],
+             schedule_steps: Optional[int] = _DEFAULT["schedule_steps"]) -> dict:
     """Train the base from scratch and save it (safetensors, config in the metadata) to out_path.
 
     steps: optimizer steps; batch_size: canvases per step; lr: AdamW peak (linear warm-up over `warmup`
@@ -51,9 +65,10 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
     cfg = dict(config or TINY_CONFIG)
     model = build_transformer(cfg).train()
 
-    horizon = schedule_steps or steps
+    horizon = steps if schedule_steps is None else schedule_steps
     if horizon < steps:
-        raise ValueError(f"schedule_steps={schedule_steps} < steps={steps}: the schedule must cover every step")
+        raise ValueError(f"schedule_steps={schedule_steps} < steps={steps}: the schedule must cover every step. "
+                         f"Fix: pass schedule_steps >= steps (or None for a schedule of exactly `steps`)")
     pool = pretraining_pool(pool_size, seed, excluded_from_pretraining(0), relation_share, relation3_fraction)
     enc = MiniLMEncoder()
     states, pooled = enc.encode([it.text for it in pool])            # [N, L, 384], [N, 384]
@@ -114,20 +129,22 @@ def pretrain(out_path: Optional[str | Path], *, steps: int = DEFAULT_STEPS, seed
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description="Pretrain the embedded world's base model (deterministic).")
     p.add_argument("out", help="output .safetensors path")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="world_base",
+                   help="a shipped base's recipe (the other options override its fields)")
+    for name, kind in (("steps", int), ("schedule-steps", int), ("seed", int), ("relation-share", float),
+                       ("relation3-fraction", float)):
+        p.add_argument(f"--{name}", type=kind, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--pool-size", type=int, default=4096)
     p.add_argument("--snapshot-every", type=int, default=0)
-    p.add_argument("--relation-share", type=float, default=RELATION_SHARE)
-    p.add_argument("--relation3-fraction", type=float, default=RELATION3_FRACTION)
-    p.add_argument("--schedule-steps", type=int, default=None)
     a = p.parse_args(argv)
-    summary = pretrain(a.out, steps=a.steps, seed=a.seed, threads=a.threads, log_every=a.log_every,
-                       pool_size=a.pool_size, snapshot_every=a.snapshot_every,
-                       relation_share=a.relation_share, relation3_fraction=a.relation3_fraction,
-                       schedule_steps=a.schedule_steps)
+    kw = dict(RECIPES[a.recipe])
+    kw.update({k: v for k, v in dict(steps=a.steps, schedule_steps=a.schedule_steps, seed=a.seed,
+                                     relation_share=a.relation_share,
+                                     relation3_fraction=a.relation3_fraction).items() if v is not None})
+    summary = pretrain(a.out, threads=a.threads, log_every=a.log_every, pool_size=a.pool_size,
+                       snapshot_every=a.snapshot_every, **kw)
     print(json.dumps(summary))
 
 
