@@ -38,13 +38,13 @@ from ..policy.tiny import TinyFlowPolicy, build_transformer
 from .data import prompt_splits
 from .pretraining import main as main_pretrain
 from .pretraining import pretrain
-from .rewards import REWARD_NAMES, evaluate_images, make_reward
+from .rewards import LAYOUT_REWARDS, REWARD_NAMES, evaluate_images, make_reward
 from .sampling import expand_items, sample_images
 
 BASE_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "world_base.safetensors"
 
 __all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "sample_images", "expand_items",
-           "pretrain", "main_pretrain", "REWARD_NAMES", "BASE_CHECKPOINT", "TinyFlowPolicy"]
+           "pretrain", "main_pretrain", "REWARD_NAMES", "LAYOUT_REWARDS", "BASE_CHECKPOINT", "TinyFlowPolicy"]
 
 
 def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, lora_alpha: Optional[float] = None,
