@@ -255,8 +255,8 @@ class Config:
             bad("clip_range", f"{self.clip_range} <= 0", "use a positive clip range such as 1e-4")
         if self.beta < 0:
             bad("beta", f"{self.beta} < 0", "use beta >= 0")
-        if self.lr <= 0:
-            bad("lr", f"{self.lr} <= 0", "use a positive learning rate")
+        if not 0 < self.lr < float("inf"):
+            bad("lr", f"{self.lr} is not a positive finite number", "use a positive learning rate such as 1e-4")
         if not self.rewards:
             bad("rewards", "no reward given", "e.g. rewards=tifa")
         unknown = sorted(set(self.reward_kwargs) - set(self.rewards) - set(self.log_rewards))

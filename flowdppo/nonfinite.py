@@ -1,6 +1,8 @@
 """Catch divergence where it happens: a non-finite loss or gradient norm before the optimizer step is applied,
-a non-finite parameter right after it.  Every verdict is one host sync and the same on every rank (a rank
-that stepped while another skipped would split the replicas).
+a non-finite parameter right after it, and non-finite samples or log-probs in a rollout (weights that are
+finite but so large that the policy's outputs overflow — otherwise first seen as a "NaN reward").  Every
+verdict is one host sync and the same on every rank (a rank that stepped while another skipped would
+split the replicas).
 
 config.on_nonfinite = "stop" raises DivergenceError naming the step, the quantity and the likely causes;
 "skip" drops the step (gradients zeroed, weights and optimizer state untouched) and the trainer logs
@@ -82,3 +84,26 @@ def check_parameters(cfg: Config, params: Sequence[Tensor], info: dist.DistInfo,
         f"rank) are NaN or inf; the checkpoint on disk is from before it (a step already applied cannot be "
         f"skipped). {_causes(cfg)}, or weight_decay={cfg.weight_decay:g} × lr above 1. Fix: start a new run "
         "with a lower lr")
+
+
+def check_rollout(cfg: Config, final: Tensor, old_logp: Tensor, info: dist.DistInfo, *, where: str) -> None:
+    """Raise DivergenceError if a rollout's samples (final latents) or log-probs are non-finite: the policy
+    has diverged, and scoring its samples would only blame the reward."""
+    ok_samples, ok_logp = _all_ranks_true(torch.stack([torch.isfinite(final).all(),
+                                                       torch.isfinite(old_logp).all().to(final.device)]), info)
+    if ok_samples and ok_logp:
+        return
+    what = " and ".join(q for q, ok in (("samples", ok_samples), ("log-probs", ok_logp)) if not ok)
+    raise DivergenceError(
+        f"non-finite {what} in the rollout of {where}: the policy's weights (finite after the last optimizer step) "
+        f"make its outputs overflow — training has diverged. {_causes(cfg)}. Fix: start a new run with a lower lr "
+        "or max_grad_norm")
+
+
+def check_evaluation(cfg: Config, images: Tensor, *, where: str) -> None:
+    """Raise DivergenceError if the pinned evaluation sampled non-finite images (checked before any metric)."""
+    if bool(torch.isfinite(images).all()):
+        return
+    raise DivergenceError(
+        f"non-finite images in the pinned evaluation of {where}: the policy's outputs overflow — training has "
+        f"diverged. {_causes(cfg)}. Fix: start a new run with a lower lr or max_grad_norm")

@@ -237,16 +237,16 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK
         self._fd: Optional[int] = None
-        self._made_dir = False
+        self._made_dirs: list[Path] = []     # directories this start created, deepest first
         self._made_file = False
 
     def acquire(self) -> Optional[str]:
         """Take the lock (RunDirError if another process holds it); returns a note when it takes over a lock
         file left by a process that ended without releasing it."""
         try:
-            if not self.run_dir.exists():
-                self.run_dir.mkdir(parents=True)
-                self._made_dir = True
+            missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._made_dirs = missing
             self._made_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)   # the umask applies
         except OSError as err:
@@ -280,8 +280,10 @@ class RunLock:
         others = [p for p in self.run_dir.iterdir() if p.name != LOCK]
         if self._made_file and not others:
             self.path.unlink()
-            if self._made_dir:
-                self.run_dir.rmdir()
+            for d in self._made_dirs:
+                if any(d.iterdir()):
+                    break
+                d.rmdir()
         else:
             os.ftruncate(self._fd, 0)    # an empty lock file = nobody's
         fcntl.flock(self._fd, fcntl.LOCK_UN)

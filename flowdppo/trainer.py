@@ -304,7 +304,7 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
         if not items:
             continue
         with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
-            metrics, images = evaluate_split(policy, comps, cfg, items)
+            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split")
         if write:
             eval_log.append({"iteration": iteration, "split": split, **metrics})
             save_grid(images, cfg.eval_samples_per_prompt,
@@ -438,6 +438,8 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
                            eta=cfg.eta, guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE),
                            iteration=it, global_indices=global_rows, chunks=chunks, want_ref=want_ref,
                            ref_guidance_scale=cfg.ref_guidance_scale)
+        nonfinite.check_rollout(cfg, traj.final, traj.old_logp_per_dim, info,
+                                where=f"iteration {it} (last checkpoint: {checkpointed})")
         t1 = time.perf_counter()
         with torch.no_grad():
             images = policy.decode(traj.final)
