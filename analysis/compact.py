@@ -7,7 +7,8 @@ For each run:   config.json, run.json              copied
                 samples/{test,ood}_iterNNNNN.png    the final grids; iteration 0 too for seed-0 runs
                                                     (the base model: every run shares its eval seeds)
                 compaction.json                     what was dropped (incl. torn last lines), from where, when
-Dropped: checkpoint.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids, tb/.
+Dropped: checkpoint.pt / checkpoint.prev.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids,
+tb/, run.lock and replaced-<time>/.
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def compact_run(src: Path, dst: Path) -> int:
         "torn_lines_skipped": torn + torn_e, "torn_lines": {"metrics.jsonl": torn, "eval.jsonl": torn_e},
         "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
         "aggregation": "analysis.load_runs.aggregate_iterations (off-policy-step means)",
-        "dropped": ["checkpoint.pt", "metrics.jsonl (per optimizer step)", "intermediate sample grids", "tb/"]},
+        "dropped": ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl (per optimizer step)",
+                    "intermediate sample grids", "tb/"]},
         indent=2) + "\n")
     if dst.exists():
         shutil.rmtree(dst)

@@ -18,22 +18,29 @@ import sys
 from pathlib import Path
 
 
-def _resume_base(run_dir: str, args: argparse.Namespace) -> dict:
-    """The run's own config.json; the directory given IS the run (its recorded run_dir is ignored)."""
+def _resume_base(run_dir: str, args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """(the run's own config.json, the overrides): the directory given IS the run (the run_dir recorded in
+    config.json is ignored; a run_dir= override must name the same directory)."""
     from .config import RESUME_MAY_CHANGE
     from .errors import ConfigError, RunDirError
     if args.config:
         may = ", ".join(f"{k}=" for k in RESUME_MAY_CHANGE if k != "run_dir")
         raise ConfigError(f"--resume {run_dir} continues the run with its own config.json; --config {args.config} "
                           f"would be ignored. Fix: drop --config (a resume may change only {may})")
-    if any(o.split("=", 1)[0].strip().lstrip("-").replace("-", "_") == "run_dir" for o in args.overrides):
-        raise ConfigError(f"config.run_dir: --resume {run_dir} already names the run directory. Fix: drop run_dir=")
+    overrides = []
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key.strip().lstrip("-").replace("-", "_") != "run_dir":
+            overrides.append(o)
+        elif Path(value).resolve() != Path(run_dir).resolve():
+            raise ConfigError(f"config.run_dir: {value} is not the directory --resume {run_dir} continues. Fix: "
+                              "drop run_dir= (the --resume directory is the run)")
     cfg_file = Path(run_dir) / "config.json"
     if not cfg_file.is_file():
         raise RunDirError(f"--resume {run_dir}: no config.json there (working directory {Path.cwd()}). Fix: give the "
                           "directory of a run (the one holding config.json and metrics.jsonl)")
     try:
-        return {**json.loads(cfg_file.read_text()), "run_dir": run_dir}
+        return {**json.loads(cfg_file.read_text()), "run_dir": run_dir}, overrides
     except json.JSONDecodeError as err:
         raise RunDirError(f"--resume {run_dir}: config.json is not valid JSON ({err}). Fix: restore it from a copy "
                           "(checkpoint.pt holds the config too, under 'config')") from None
@@ -49,12 +56,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.restart and not args.resume:
         raise ConfigError("--restart applies to --resume RUN_DIR (it moves that run's logs aside and trains it again "
                           "from iteration 0). Fix: add --resume RUN_DIR, or drop --restart")
-    base = {}
+    base, overrides = {}, list(args.overrides)
     if args.resume:
-        base = _resume_base(args.resume, args)
+        base, overrides = _resume_base(args.resume, args)
     elif args.config:
         base = load_config_file(args.config)
-    overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
+    overrides += [f"model={args.model}"] if args.model else []
     cfg = make_config(base, overrides)
     from . import dist
     run_dir = train(cfg, resume=bool(args.resume), restart=args.restart)

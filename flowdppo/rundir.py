@@ -216,9 +216,10 @@ def _held_message(run_dir: Path, owner: dict[str, Any]) -> str:
 def lock_holder(run_dir: Path) -> Optional[dict[str, Any]]:
     """The owner recorded in run.lock if some process holds the lock now, else None (reads only)."""
     path = Path(run_dir) / LOCK
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:           # absent (nobody holds it), or unreadable (acquire() will say so)
         return None
-    fd = os.open(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -337,6 +338,9 @@ def open_run(plan: StartPlan, info: dist.DistInfo) -> RunLock:
                 notes = [n.replace("replaced-<time>", dst.name) for n in notes]
         except RunDirError as err:
             error = str(err)
+        except OSError as err:    # moving files aside / removing temp files failed: say so, release the lock
+            error = (f"cannot prepare {plan.run_dir} ({err}). Fix: check the directory's permissions and free "
+                     "space, then start again")
     error = dist.broadcast_object(error, info)
     if error:
         lock.release()

@@ -99,12 +99,16 @@ def test_resume_a_copied_run_from_another_directory_writes_only_into_the_copy(tm
     assert _rows(tmp_path / "b" / "copy", "eval.jsonl") == _rows(tmp_path / "ref", "eval.jsonl")
 
 
-def test_run_dir_override_on_resume_is_refused(tmp_path, finished_run, toy_cli, capsys):
+def test_run_dir_override_on_resume_must_name_the_same_directory(tmp_path, finished_run, toy_cli, capsys,
+                                                                 monkeypatch):
     run = _copy(finished_run, tmp_path / "run")
     before = snapshot(run)
     assert toy_cli(["train", "--resume", str(run), f"run_dir={tmp_path / 'other'}"]) == 2
     assert "config.run_dir" in capsys.readouterr().err
     assert snapshot(run) == before and not (tmp_path / "other").exists()
+    monkeypatch.chdir(tmp_path)                   # the same directory, spelled differently: fine
+    assert toy_cli(["train", "--resume", "run", f"run_dir={run}", "iterations=3"]) == 0
+    assert len(_rows(run)) == 6
 
 
 def test_missing_checkpoint_is_refused_with_counts_and_restart_keeps_the_old_logs(tmp_path, finished_run, capsys):
