@@ -68,7 +68,7 @@ def guard_step(cfg: Config, *, loss: Tensor, grad_norm: Tensor, info: dist.DistI
     what = " and ".join(q for q, ok in (("loss", ok_loss), ("gradient norm", ok_grad)) if not ok)
     raise DivergenceError(
         f"non-finite {what} at {where} (loss {float(loss):.4g}, gradient norm {float(_local(grad_norm)):.4g}); "
-        f"the optimizer step was not applied and the checkpoint on disk is from before it. {_causes(cfg)}. Fix: "
+        f"the optimizer step was not applied (no checkpoint holds its result). {_causes(cfg)}. Fix: "
         "start a new run with a lower lr or max_grad_norm, or resume this one with on_nonfinite=skip to skip such "
         "steps (each logged as nonfinite_skipped = 1)")
 
@@ -81,8 +81,8 @@ def check_parameters(cfg: Config, params: Sequence[Tensor], info: dist.DistInfo,
     total = sum(_local(p).numel() for p in params)
     raise DivergenceError(
         f"non-finite parameters after the optimizer step at {where}: {bad} of {total} trainable values (this "
-        f"rank) are NaN or inf; the checkpoint on disk is from before it (a step already applied cannot be "
-        f"skipped). {_causes(cfg)}, or weight_decay={cfg.weight_decay:g} × lr above 1. Fix: start a new run "
+        f"rank) are NaN or inf; no checkpoint holds them (a step already applied cannot be skipped). "
+        f"{_causes(cfg)}, or weight_decay={cfg.weight_decay:g} × lr above 1. Fix: start a new run "
         "with a lower lr")
 
 

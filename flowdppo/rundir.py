@@ -9,15 +9,15 @@
     read_checkpoint(path)                   a checkpoint's contents, or a RunDirError that says what is wrong
 
 Where a start begins (the README's "The run directory" states the same):
-  new run     an absent or empty directory, or one holding an attempt that never logged an optimizer step
-              (it failed or was killed in iteration 0; what it logged goes to replaced-<time>/);
+  new run     an absent or empty directory, or one holding an attempt that never got past iteration 0 and has
+              no checkpoint (it failed or was killed there; what it logged goes to replaced-<time>/);
   --resume    the directory given IS the run (config.json's recorded run_dir is ignored, so a moved or
               copied run resumes where it now is): from checkpoint.pt, its logs cut back to the rows the
               checkpoint covers (those rows are computed again, identically); from checkpoint.prev.pt when a
               kill between the two renames of a checkpoint rotation left no checkpoint.pt; from iteration 0
-              when no optimizer step was logged.  A run that logged steps but has no checkpoint is REFUSED,
-              its logs untouched: --restart moves its logs and checkpoints to replaced-<time>/ and trains it
-              again from iteration 0.
+              when it never got past iteration 0.  A run that logged later iterations but has no checkpoint
+              is REFUSED, its logs untouched: --restart moves its logs and checkpoints to replaced-<time>/
+              and trains it again from iteration 0.
 The lock is an flock on run.lock (pid, host and start time inside): the kernel releases it when its process
 dies, however it dies, so a crashed run never blocks its resume, and a second writer is refused.
 """
@@ -39,8 +39,8 @@ import torch
 
 from . import dist
 from .config import RESUME_MAY_CHANGE, Config, config_diff, make_config
-from .errors import ConfigError, RunDirError
-from .runlog import count_complete_lines, covered_prefix, write_temp
+from .errors import ConfigError, CorruptLogError, RunDirError
+from .runlog import count_complete_lines, covered_prefix, parse_jsonl, write_temp
 
 CHECKPOINT, PREVIOUS, LOCK = "checkpoint.pt", "checkpoint.prev.pt", "run.lock"
 LOGS = ("metrics.jsonl", "eval.jsonl")
@@ -67,6 +67,14 @@ class StartPlan:
 # ----------------------------------------------------------------------------------------------------
 # Read-only planning
 # ----------------------------------------------------------------------------------------------------
+def _past_iteration_0(metrics: Path) -> bool:
+    """metrics.jsonl holds a row of iteration 1 or later (a damaged log counts as yes: never replace it)."""
+    try:
+        return any(int(r.get("iteration", 0)) > 0 for r in parse_jsonl(metrics).records)
+    except (CorruptLogError, TypeError, ValueError):
+        return True
+
+
 def _holds_data(path: Path) -> bool:
     if path.is_dir():
         return any(path.iterdir())
@@ -116,7 +124,7 @@ def plan_start(run_dir: Path, *, resume: bool, restart: bool = False) -> StartPl
     has_config = (run_dir / "config.json").exists()
     rows = {name: count_complete_lines(run_dir / name) for name in LOGS}
     checkpoints = [n for n in (CHECKPOINT, PREVIOUS) if (run_dir / n).exists()]
-    started = rows["metrics.jsonl"] > 0 or bool(checkpoints)
+    started = bool(checkpoints) or _past_iteration_0(run_dir / "metrics.jsonl")
     held = tuple(n for n in REPLACEABLE if _holds_data(run_dir / n))
     what = (f"{rows['metrics.jsonl']} metric rows, {rows['eval.jsonl']} eval rows, "
             + (" and ".join(checkpoints) if checkpoints else "no checkpoint"))
@@ -130,9 +138,8 @@ def plan_start(run_dir: Path, *, resume: bool, restart: bool = False) -> StartPl
         if started:
             raise RunDirError(f"{run_dir} already holds a run ({what}). Fix: `flowdppo train --resume {run_dir}` to "
                               f"continue it, or choose another run_dir")
-        notes = [f"{run_dir} holds an attempt that never completed an optimizer step (it failed or was killed in "
-                 f"iteration 0): starting over in it" + (f"; its {', '.join(held)} moved to replaced-<time>/"
-                                                          if held else "")]
+        notes = [f"{run_dir} holds an attempt that never got past iteration 0 (it failed or was killed there): "
+                 f"starting over in it" + (f"; its {', '.join(held)} moved to replaced-<time>/" if held else "")]
         return StartPlan(run_dir, move_aside=held, notes=notes)
 
     if not has_config:
@@ -149,15 +156,15 @@ def plan_start(run_dir: Path, *, resume: bool, restart: bool = False) -> StartPl
         source = prev
         notes.append(f"{run_dir} has no {CHECKPOINT} (a kill between the two renames of a checkpoint rotation, or "
                      f"it was removed): resuming from {PREVIOUS}")
-    elif rows["metrics.jsonl"]:
+    elif started:
         raise RunDirError(f"cannot resume {run_dir}: it holds {what} (killed before its first checkpoint, or the "
                           f"checkpoint was removed), so it could only be trained again from iteration 0. Fix: "
                           f"`flowdppo train --resume {run_dir} --restart` moves those logs to "
                           f"{run_dir}/replaced-<time>/ and trains again from iteration 0; or start a new run_dir")
     else:
         if held:
-            notes.append(f"{run_dir} never completed an optimizer step: starting from iteration 0; its "
-                         f"{', '.join(held)} moved to replaced-<time>/")
+            notes.append(f"{run_dir} never got past iteration 0 and has no checkpoint: starting from iteration 0; "
+                         f"its {', '.join(held)} moved to replaced-<time>/")
         return StartPlan(run_dir, move_aside=held, notes=notes)
     state = read_checkpoint(source, run_dir=run_dir)
     for name, key in zip(LOGS, ("metrics_lines", "eval_lines")):

@@ -227,7 +227,7 @@ def test_a_failure_in_iteration_0_does_not_block_a_retry(tmp_path, capsys):
         train(_cfg(run, "iterations=1", "eval_every=0"), components=bad)
     assert (run / "config.json").exists() and not (run / "metrics.jsonl").exists()
     train(_cfg(run, "iterations=1", "eval_every=0"), components=toy_components())
-    assert "never completed an optimizer step" in capsys.readouterr().err and len(_rows(run)) == 2
+    assert "never got past iteration 0" in capsys.readouterr().err and len(_rows(run)) == 2
     # with an evaluation logged before the failure: the retry keeps it in replaced-<time>/
     run2 = tmp_path / "run2"
     comps = toy_components()
@@ -239,6 +239,23 @@ def test_a_failure_in_iteration_0_does_not_block_a_retry(tmp_path, capsys):
     train(_cfg(run2, "iterations=1"), components=toy_components())
     [backup] = run2.glob("replaced-*")
     assert (backup / "eval.jsonl").read_bytes() == evals and len(_rows(run2)) == 2
+
+
+def test_a_divergence_after_the_first_step_of_iteration_0_does_not_block_a_retry(tmp_path, monkeypatch, capsys):
+    """NaN at optimizer step 2 (iteration 0, the reported lr = 1e6 pattern) after step 1 was logged: the same
+    command again starts over, keeping the logged row in replaced-<time>/; a run past iteration 0 without a
+    checkpoint is refused instead (test_missing_checkpoint_…)."""
+    _poisoned_loss(monkeypatch, {3})
+    run = tmp_path / "run"
+    with pytest.raises(DivergenceError, match="at iteration 0, optimizer step 2"):
+        train(_cfg(run, "iterations=2", "eval_every=0"), components=toy_components())
+    row = (run / "metrics.jsonl").read_bytes()
+    assert row.count(b"\n") == 1
+    monkeypatch.undo()
+    train(_cfg(run, "iterations=2", "eval_every=0"), components=toy_components())
+    [backup] = run.glob("replaced-*")
+    assert (backup / "metrics.jsonl").read_bytes() == row and len(_rows(run)) == 4
+    assert f"moved to {backup.name}/" in capsys.readouterr().err
 
 
 def test_a_start_refused_after_the_lock_leaves_no_directory(tmp_path):
