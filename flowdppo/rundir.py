@@ -1,6 +1,7 @@
 """The run directory's life cycle: where a start begins, who may write the directory, how checkpoints are kept.
 
     plan_start(run_dir, resume=, restart=)  READ-ONLY: what a start will do, or a RunDirError saying why not
+    plan_on_rank0(run_dir, …, info)         plan_start decided once, on rank 0, and shared with every rank
     check_resume_config(run_dir, cfg)       READ-ONLY: cfg equals the run's config.json (up to RESUME_MAY_CHANGE)
     open_run(plan, info)                    the first write: take run.lock, remove stale temp files, move the
                                             logs a start replaces to replaced-<time>/; returns the RunLock
@@ -57,6 +58,7 @@ class StartPlan:
     state: Optional[dict] = None
     move_aside: tuple[str, ...] = ()     # entries of run_dir to move to replaced-<time>/ first
     notes: list[str] = field(default_factory=list)
+    source: Optional[Path] = None        # the checkpoint file `state` was read from
 
     @property
     def fresh(self) -> bool:
@@ -174,7 +176,34 @@ def plan_start(run_dir: Path, *, resume: bool, restart: bool = False) -> StartPl
     if dropped:
         notes.append(f"resuming from {source.name} (iteration {state['iteration']}): the rows logged after it "
                      f"({', '.join(dropped)} lines) are dropped and computed again")
-    return StartPlan(run_dir, state=state, notes=notes)
+    return StartPlan(run_dir, state=state, notes=notes, source=source)
+
+
+def plan_on_rank0(run_dir: Path, *, resume: bool, restart: bool, info: dist.DistInfo) -> StartPlan:
+    """plan_start on rank 0 only, its decision broadcast: every rank starts the same way (ranks planning on
+    their own could see rank 0's lock, or its first writes, and disagree).  Other ranks read the chosen
+    checkpoint themselves; every rank raises if rank 0 could not plan."""
+    plan, error = None, ""
+    if info.is_main:
+        try:
+            plan = plan_start(run_dir, resume=resume, restart=restart)
+        except RunDirError as err:
+            error = str(err)
+            if not info.enabled:
+                raise
+        except OSError as err:    # unreadable files: one line on every rank, not a hang in the broadcast
+            error = f"cannot read {run_dir} ({err}). Fix: check the directory's permissions"
+            if not info.enabled:
+                raise RunDirError(error) from None
+    shared = dist.broadcast_object((error, None if plan is None else (plan.source, plan.move_aside, plan.notes)),
+                                   info)
+    if shared[0]:
+        raise RunDirError(shared[0])
+    if plan is None:
+        source, move, notes = shared[1]
+        plan = StartPlan(Path(run_dir), read_checkpoint(source, run_dir=Path(run_dir)) if source else None, move,
+                         notes, source)
+    return plan
 
 
 def read_checkpoint(path: Path, *, run_dir: Optional[Path] = None) -> dict[str, Any]:
@@ -398,5 +427,5 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
         os.close(dir_fd)
 
 
-__all__ = ["StartPlan", "plan_start", "check_resume_config", "check_writable", "open_run", "RunLock",
+__all__ = ["StartPlan", "plan_start", "plan_on_rank0", "check_resume_config", "check_writable", "open_run", "RunLock",
            "lock_holder", "save_checkpoint", "read_checkpoint", "remove_stale_temps", "move_aside"]

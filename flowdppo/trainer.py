@@ -349,7 +349,7 @@ def train(cfg: Config, *, resume: bool = False, restart: bool = False, component
     preflight.check_world_size(cfg, info.world_size)
     if resume:
         rundir.check_resume_config(run_dir, cfg)
-    plan = rundir.plan_start(run_dir, resume=resume, restart=restart)
+    plan = rundir.plan_on_rank0(run_dir, resume=resume, restart=restart, info=info)
     if components is None:
         preflight.check_inputs(cfg)
     lock = rundir.open_run(plan, info)      # the first write
