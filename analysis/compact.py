@@ -6,8 +6,9 @@ For each run:   config.json, run.json              copied
                 eval.jsonl                          copied (a few records per run)
                 samples/{test,ood}_iterNNNNN.png    the final grids; iteration 0 too for seed-0 runs
                                                     (the base model: every run shares its eval seeds)
-                compaction.json                     what was dropped, from where, and when
-Dropped: checkpoint.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids, tb/.
+                compaction.json                     what was dropped (incl. torn last lines), from where, when
+Dropped: checkpoint.pt / checkpoint.prev.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids,
+tb/, run.lock and replaced-<time>/.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
+
+from flowdppo.errors import CorruptLogError
 
 from .load_runs import aggregate_iterations, is_run_dir, read_jsonl
 
@@ -62,9 +65,11 @@ def compact_run(src: Path, dst: Path) -> int:
                 shutil.copy2(p, tmp / "samples" / p.name)
     (tmp / "compaction.json").write_text(json.dumps({
         "source": str(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
-        "torn_lines_skipped": torn + torn_e, "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
+        "torn_lines_skipped": torn + torn_e, "torn_lines": {"metrics.jsonl": torn, "eval.jsonl": torn_e},
+        "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
         "aggregation": "analysis.load_runs.aggregate_iterations (off-policy-step means)",
-        "dropped": ["checkpoint.pt", "metrics.jsonl (per optimizer step)", "intermediate sample grids", "tb/"]},
+        "dropped": ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl (per optimizer step)",
+                    "intermediate sample grids", "tb/"]},
         indent=2) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
@@ -92,15 +97,20 @@ def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str
                   limit_bytes: int = STORE_LIMIT_BYTES) -> dict:
     """Compact every raw run under `src_root` (or those in run_ids) into `dst_root`.
 
-    Returns {"runs": n, "bytes": store size, "skipped": [ids without a raw run]}; raises if the whole
-    store exceeds `limit_bytes` (fix: raise SIG_DIGITS' rounding or thin the eval grids)."""
+    Returns {"runs": n, "bytes": store size, "skipped": [ids without a raw run], "damaged": {id: why}} — a run
+    with a damaged log (analysis.load_runs) is reported there and not compacted; raises if the whole store
+    exceeds `limit_bytes` (fix: raise SIG_DIGITS' rounding or thin the eval grids)."""
     src_root, dst_root = Path(src_root), Path(dst_root)
     ids = list(run_ids) if run_ids is not None else sorted(
         p.name for p in src_root.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    done, skipped = [], []
+    done, skipped, damaged = [], [], {}
     for rid in ids:
         if is_run_dir(src_root / rid) and (src_root / rid / "metrics.jsonl").exists():
-            compact_run(src_root / rid, dst_root / rid)
+            try:
+                compact_run(src_root / rid, dst_root / rid)
+            except CorruptLogError as err:
+                damaged[rid] = str(err)
+                continue
             done.append(rid)
         else:
             skipped.append(rid)
@@ -108,4 +118,4 @@ def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str
     if size > limit_bytes:
         raise RuntimeError(f"compact store {dst_root} is {size / 2**20:.1f} MiB > {limit_bytes / 2**20:.0f} MiB. "
                            f"Fix: lower analysis.compact.SIG_DIGITS or keep fewer sample grids")
-    return {"runs": len(done), "bytes": size, "skipped": skipped}
+    return {"runs": len(done), "bytes": size, "skipped": skipped, "damaged": damaged}

@@ -11,9 +11,19 @@ an iteration row is built by `aggregate_iterations`:
   * loss, policy_loss and grad_norm are means over ALL the iteration's steps; update time is their sum.
 The compact store (analysis/compact.py) saves exactly these rows, rounded, as iterations.csv, so a figure
 drawn from a raw run and from its compacted copy is the same figure.
+
+Damage is never silent.  The logs are read by flowdppo.runlog.parse_jsonl (and `read_iterations_csv`, its
+CSV counterpart): a torn last line is dropped and counted in `Run.torn` (compacted runs also carry the
+counts their compaction dropped), an unreadable line elsewhere makes the run DAMAGED — `load_runs` lists it
+in `RunSet.damaged` with the reason and skips it, so one broken run never stops the others.  A run is
+PARTIAL (`Run.partial`, `Run.partial_reason`) when it logged fewer iterations than its config asks for or
+its final evaluation (at the last logged iteration) lacks a split; figures draw partial runs marked as
+such, tables and claims use complete runs only, and `final_eval` never mixes iterations across splits.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +32,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from flowdppo.errors import CorruptLogError
+from flowdppo.runlog import parse_jsonl
+
 ROLLOUT_PREFIXES = ("reward/", "ref_kl_")
 ROLLOUT_KEYS = ("time/rollout_s", "time/reward_s", "adv_abs_mean", "samples_seen", "lr")
 ALL_STEP_KEYS = ("loss", "policy_loss", "grad_norm")
@@ -29,27 +42,32 @@ META_KEYS = ("iteration", "epoch", "minibatch", "opt_step", "sde_indices", "per_
 
 
 # ---------------------------------------------------------------------------------------------------
-# JSONL
+# Logs
 # ---------------------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """(records, number of torn lines skipped).  Only the LAST line may be torn (a run killed mid-write);
-    an unreadable line anywhere else means a corrupt log and raises."""
-    if not path.exists():
-        return [], 0
-    lines = path.read_text().split("\n")
-    out, torn = [], 0
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != last:
-                raise ValueError(f"{path}: line {i + 1} is not JSON and is not the last line: the log is corrupt "
-                                 f"(a torn write can only be the last line)") from None
-            torn += 1
-    return out, torn
+    """(records, torn last lines dropped: 0 or 1) of a JSONL log — flowdppo.runlog.parse_jsonl's rules."""
+    content = parse_jsonl(path)
+    return content.records, content.torn
+
+
+def read_iterations_csv(path: Path) -> tuple[pd.DataFrame, int]:
+    """(rows, torn last rows dropped: 0 or 1) of a compact iterations.csv, by the JSONL rules: text after the
+    last newline is a torn write and is dropped; a complete row with the wrong number of fields raises
+    CorruptLogError naming the line."""
+    text = Path(path).read_text()
+    torn = 0
+    if text and not text.endswith("\n"):
+        text, torn = text[: text.rfind("\n") + 1], 1
+    rows = list(csv.reader(io.StringIO(text)))
+    width = len(rows[0]) if rows else 0
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise CorruptLogError(f"{path}: line {i} has {len(row)} fields, the header {width}: the file is damaged "
+                                  f"(a kill can only tear the last line). Fix: compact the run again from its raw "
+                                  f"logs (analysis/compact.py)")
+    if not rows:
+        return pd.DataFrame(), torn
+    return pd.read_csv(io.StringIO(text), dtype={"sde_indices": str}), torn
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,7 +138,11 @@ class Run:
     iters: pd.DataFrame          # one row per iteration (see module docstring)
     evals: pd.DataFrame          # one row per (evaluation, split)
     compact: bool                # read from the compact store (iterations.csv)
-    torn_lines: int = 0
+    torn: dict[str, int] = field(default_factory=dict)   # file → torn last lines dropped (here or at compaction)
+
+    @property
+    def torn_lines(self) -> int:
+        return sum(self.torn.values())
 
     @property
     def seed(self) -> int:
@@ -136,9 +158,32 @@ class Run:
         return int(self.iters["iteration"].max()) + 1 if len(self.iters) else 0
 
     @property
+    def final_eval_iteration(self) -> Optional[int]:
+        """The last iteration evaluated (None if never)."""
+        return int(self.evals["iteration"].max()) if len(self.evals) and "iteration" in self.evals else None
+
+    @property
+    def partial_reason(self) -> str:
+        """Why the run is partial ('' if complete): too few iterations logged, or an incomplete final evaluation
+        (killed during it, a torn eval line) — one missing split would mix the final test value with an older
+        ood one."""
+        done, want = self.done_iterations, int(self.config.get("iterations", 0))
+        if done < want:
+            return f"{done} of {want} iterations logged"
+        if not int(self.config.get("eval_every", 0)) or self.evals.empty:
+            return ""
+        splits = sorted(set(self.evals["split"]))
+        have = set(self.evals.loc[self.evals["iteration"] == done, "split"])
+        lacking = [s for s in splits if s not in have]
+        if lacking:
+            return f"final evaluation (iteration {done}) lacks split {', '.join(lacking)}"
+        return ""
+
+    @property
     def partial(self) -> bool:
-        """Fewer iterations logged than its config asks for (killed, or still running)."""
-        return self.done_iterations < int(self.config.get("iterations", 0))
+        """Killed or still running: fewer iterations logged than its config asks for, or a final evaluation
+        that is missing or lacks a split (see partial_reason)."""
+        return bool(self.partial_reason)
 
     def series(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """(iterations, values) of an iteration column (NaN where absent)."""
@@ -155,9 +200,11 @@ class Run:
         return e["iteration"].to_numpy(float), e[metric].to_numpy(float)
 
     def final_eval(self, metric: str, split: str = "test") -> float:
-        """The metric at the last evaluation (end of training for a complete run)."""
-        _, v = self.eval_series(metric, split)
-        return float(v[-1]) if v.size else np.nan
+        """The metric at the run's last evaluation (end of training for a complete run); NaN if that evaluation
+        lacks this split — never an older value next to newer ones of the other splits."""
+        it, v = self.eval_series(metric, split)
+        last = self.final_eval_iteration
+        return float(v[-1]) if v.size and last is not None and int(it[-1]) == last else np.nan
 
     def initial_eval(self, metric: str, split: str = "test") -> float:
         """The metric at iteration 0 (the base model under this run's evaluation regime)."""
@@ -185,31 +232,53 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.json").exists() and ((path / "metrics.jsonl").exists() or (path / "iterations.csv").exists())
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptLogError(f"{path}: not valid JSON ({err}). Fix: restore the file from a copy") from None
+
+
+def _require_keys(path: Path, records: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    for i, r in enumerate(records):
+        lacking = [k for k in keys if k not in r]
+        if lacking:
+            raise CorruptLogError(f"{path}: record {i + 1} has no {', '.join(lacking)}: not a flowdppo log record. "
+                                  "Fix: restore the file from a copy")
+
+
 def load_run(path: str | Path, run_id: Optional[str] = None) -> Run:
+    """One run directory (raw or compact).  Raises CorruptLogError for a damaged file (see module docstring)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
-    config = json.loads((path / "config.json").read_text())
-    header = json.loads((path / "run.json").read_text()) if (path / "run.json").exists() else {}
-    torn = 0
+    config = _read_json(path / "config.json")
+    header = _read_json(path / "run.json") if (path / "run.json").exists() else {}
+    torn: dict[str, int] = {}
     if (path / "metrics.jsonl").exists():
-        records, torn = read_jsonl(path / "metrics.jsonl")
+        records, torn["metrics.jsonl"] = read_jsonl(path / "metrics.jsonl")
         iters, compact = aggregate_iterations(records), False
     elif (path / "iterations.csv").exists():
-        iters, compact = pd.read_csv(path / "iterations.csv", dtype={"sde_indices": str}), True
+        (iters, torn["iterations.csv"]), compact = read_iterations_csv(path / "iterations.csv"), True
     else:
         iters, compact = pd.DataFrame(), False
-    evals_rec, torn_e = read_jsonl(path / "eval.jsonl")
-    evals = pd.DataFrame(evals_rec)
+    evals_rec, torn["eval.jsonl"] = read_jsonl(path / "eval.jsonl")
+    if compact is False and (path / "metrics.jsonl").exists():
+        _require_keys(path / "metrics.jsonl", records, ("iteration",))
+    _require_keys(path / "eval.jsonl", evals_rec, ("iteration", "split"))
+    if (path / "compaction.json").exists():   # what the compaction dropped from the raw logs
+        dropped = _read_json(path / "compaction.json").get("torn_lines", {})
+        torn.update({f"{name} (raw, at compaction)": int(n) for name, n in dropped.items()})
     return Run(run_id=run_id or path.name, path=path, config=config, header=header, iters=add_derived(iters),
-               evals=evals, compact=compact, torn_lines=torn + torn_e)
+               evals=pd.DataFrame(evals_rec), compact=compact, torn={k: n for k, n in torn.items() if n})
 
 
 @dataclass
 class RunSet:
-    """Runs found under a root, plus the requested ids that were not there."""
+    """Runs found under a root, the requested ids that were not there, and the damaged ones (skipped)."""
     runs: dict[str, Run]
     missing: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)   # run id → why it could not be read
 
     def __contains__(self, run_id: str) -> bool:
         return run_id in self.runs
@@ -222,7 +291,7 @@ class RunSet:
         rows = [{"run_id": r.run_id, "seed": r.seed, "loss": r.config.get("loss"), "kernel": r.config.get("kernel"),
                  "latent_dim": r.header.get("latent_dim"), "done_iterations": r.done_iterations,
                  "config_iterations": r.config.get("iterations"), "compact": r.compact, "torn_lines": r.torn_lines,
-                 "git_commit": r.header.get("git_commit")} for r in self.runs.values()]
+                 "partial": r.partial_reason, "git_commit": r.header.get("git_commit")} for r in self.runs.values()]
         return pd.DataFrame(rows)
 
     def iters(self) -> pd.DataFrame:
@@ -237,17 +306,21 @@ class RunSet:
 
 def load_runs(root: str | Path, run_ids: Optional[Iterable[str]] = None) -> RunSet:
     """Runs under `root` (each a sub-directory named by its run id).  run_ids=None: every run found;
-    otherwise exactly those, the absent ones listed in `.missing`."""
+    otherwise exactly those, the absent ones listed in `.missing`.  A run whose files are damaged is listed
+    in `.damaged` with the reason and skipped."""
     root = Path(root)
     if run_ids is None:
         ids = sorted(p.name for p in root.iterdir() if p.is_dir() and is_run_dir(p)) if root.exists() else []
     else:
         ids = list(dict.fromkeys(run_ids))
-    runs, missing = {}, []
+    runs, missing, damaged = {}, [], {}
     for rid in ids:
         p = root / rid
-        if is_run_dir(p):
-            runs[rid] = load_run(p, rid)
-        else:
+        if not is_run_dir(p):
             missing.append(rid)
-    return RunSet(runs=runs, missing=missing)
+            continue
+        try:
+            runs[rid] = load_run(p, rid)
+        except CorruptLogError as err:
+            damaged[rid] = str(err)
+    return RunSet(runs=runs, missing=missing, damaged=damaged)

@@ -246,6 +246,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         info = compact.compact_store(raw, store, finished)
         print(f"compacted {info['runs']} finished runs into {store}: {info['bytes'] / 2**20:.1f} MiB "
               f"(limit {compact.STORE_LIMIT_BYTES / 2**20:.0f} MiB)")
+        for rid, why in info["damaged"].items():
+            print(f"NOT compacted (damaged log): {rid}: {why}")
     if failed:
         print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
     return 1 if failed or by_state.get("conflict") else 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from .errors import ConfigError
 from .losses import POLICY_LOSSES
 
 KernelName = Literal["flow_sde", "cps", "dance_sde"]
@@ -190,7 +191,12 @@ class Config:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
-    """Gradient-norm clip per optimizer step."""
+    """Gradient-norm clip per optimizer step (> 0)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss or gradient norm: "stop" raises before the optimizer step (naming the step and the
+    likely causes; the last checkpoint stays as it was); "skip" drops that step's gradients, leaves the
+    weights and optimizer state untouched, and logs nonfinite_skipped = 1 for it.  A non-finite PARAMETER
+    after a step always stops (an applied step cannot be skipped).  A resume may change this field."""
     num_inner_epochs: int = 1
     """Passes over each rollout batch (the paper's I1 / I2)."""
     num_minibatches: int = 4
@@ -257,10 +263,33 @@ class Config:
         return self.micro_batch_size or self.minibatch_size
 
     def validate(self) -> "Config":
-        """Raise ValueError naming the field and the fix; returns self."""
+        """Raise ConfigError (a ValueError) naming the field and the fix; returns self."""
         def bad(field_name: str, why: str, fix: str) -> None:
-            raise ValueError(f"config.{field_name}: {why}. Fix: {fix}")
+            raise ConfigError(f"config.{field_name}: {why}. Fix: {fix}")
 
+        for name in ("threads", "num_minibatches", "num_steps", "eval_num_steps", "eval_prompts"):
+            if getattr(self, name) < 1:
+                bad(name, f"{getattr(self, name)} < 1", f"use {name} >= 1")
+        for name, what in (("eval_every", "0 = never evaluate"), ("checkpoint_every", "0 = only at the end"),
+                           ("micro_batch_size", "0 = the whole minibatch"), ("lora_rank", "0 = full fine-tuning")):
+            if getattr(self, name) < 0:
+                bad(name, f"{getattr(self, name)} < 0", f"use a count >= 0 ({what})")
+        if self.eval_samples_per_prompt < 2:
+            bad("eval_samples_per_prompt", f"{self.eval_samples_per_prompt} < 2: diversity is measured between the "
+                "samples of one prompt", "use eval_samples_per_prompt >= 2")
+        if not self.max_grad_norm > 0:
+            bad("max_grad_norm", f"{self.max_grad_norm} is not > 0 (a clip at 0 zeroes every gradient)",
+                "use a positive norm such as 1.0")
+        if len(self.sde_window) != 2:
+            bad("sde_window", f"{self.sde_window} is not a (start, end) pair", "give two fractions, e.g. sde_window=0,0.5")
+        if self.weight_decay < 0 or not self.adam_eps > 0:
+            bad("weight_decay", f"weight_decay={self.weight_decay}, adam_eps={self.adam_eps}: need weight_decay >= 0 "
+                "and adam_eps > 0", "use e.g. weight_decay=1e-4 adam_eps=1e-8")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            bad("adam_betas", f"{self.adam_betas} is not two numbers in [0, 1)", "e.g. adam_betas=0.9,0.999")
+        if not self.adv_eps > 0 or (self.adv_clip is not None and not self.adv_clip > 0):
+            bad("adv_clip", f"adv_eps={self.adv_eps}, adv_clip={self.adv_clip}: need adv_eps > 0 and adv_clip > 0 "
+                "or none", "e.g. adv_eps=1e-6 adv_clip=5")
         if self.delta < 0:
             bad("delta", f"{self.delta} < 0, a KL threshold cannot be negative", "use delta >= 0 (per-dim nats)")
         if self.kernel == "cps" and not 0 < self.eta <= 1:
@@ -296,8 +325,8 @@ class Config:
             bad("clip_range", f"{self.clip_range} <= 0", "use a positive clip range such as 1e-4")
         if self.beta < 0:
             bad("beta", f"{self.beta} < 0", "use beta >= 0")
-        if self.lr <= 0:
-            bad("lr", f"{self.lr} <= 0", "use a positive learning rate")
+        if not 0 < self.lr < float("inf"):
+            bad("lr", f"{self.lr} is not a positive finite number", "use a positive learning rate such as 1e-4")
         if not self.rewards:
             bad("rewards", "no reward given", "e.g. rewards=tifa")
         unknown = sorted(set(self.reward_kwargs) - set(self.rewards) - set(self.log_rewards))
@@ -349,10 +378,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
 
 
-def _unknown(key: str) -> ValueError:
+def _unknown(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, FIELDS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown config key {key!r}.{hint} Run `flowdppo train --help-config` for all fields.")
+    return ConfigError(f"unknown config key {key!r}.{hint} Run `flowdppo train --help-config` for all fields.")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -397,7 +426,7 @@ def _coerce(key: str, value: Any) -> Any:
                 raise ValueError('must be a JSON object of objects, e.g. {"hpsv2": {"model": "/path"}}')
             return {str(k): dict(v) for k, v in value.items()}
     except (TypeError, ValueError) as e:
-        raise ValueError(f"config.{key}: cannot use {value!r} ({e}). Fix: give a {hint} value") from None
+        raise ConfigError(f"config.{key}: cannot use {value!r} ({e}). Fix: give a {hint} value") from None
     return value
 
 
@@ -412,13 +441,13 @@ def make_config(base: Optional[dict[str, Any]] = None, overrides: Optional[list[
         values[key] = _coerce(key, value)
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. lr=3e-4)")
+            raise ConfigError(f"override {item!r} is not key=value (e.g. lr=3e-4)")
         key, value = item.split("=", 1)
         key = key.strip().lstrip("-").replace("-", "_")
         if key.startswith("reward_kwargs."):   # reward_kwargs.<reward>.<argument>=<value>
             parts = key.split(".")
             if len(parts) != 3 or not all(parts):
-                raise ValueError(f"override {item!r}: use reward_kwargs.<reward>.<argument>=<value>, "
+                raise ConfigError(f"override {item!r}: use reward_kwargs.<reward>.<argument>=<value>, "
                                  "e.g. reward_kwargs.hpsv2.model=/ckpt/hpsv2.1-hf")
             kwargs = {k: dict(v) for k, v in values.get("reward_kwargs", {}).items()}
             kwargs.setdefault(parts[1], {})[parts[2]] = _json_or_str(value)
@@ -441,12 +470,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config file {path} does not exist. Fix: give the path of a JSON file of fields") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        raise ConfigError(f"config file {path} is not valid JSON: {e}. Fix: correct the file") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a JSON object of fields")
+        raise ConfigError(f"config file {path} must hold a JSON object of fields. Fix: write {{\"field\": value, …}}")
     return data
+
+
+# Fields a resume may change: how the run is executed or shown, not what it computes (plus run_dir: the
+# directory given to --resume IS the run, wherever it was moved or copied to, whatever config.json recorded).
+RESUME_MAY_CHANGE = ("run_dir", "iterations", "progress", "tensorboard", "threads", "parallel", "compile",
+                     "offload_text_encoders", "on_nonfinite")
 
 
 def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .nonfinite import check_evaluation
 from .policy.base import cond_repeat
 from .prompts import PromptItem
 from .rollout import derive_seed, sample_ode
@@ -35,14 +36,17 @@ def within_prompt_diversity(images: Tensor, per_prompt: int) -> float:
 
 
 @torch.no_grad()
-def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[PromptItem]) -> tuple[dict, Tensor]:
-    """Metrics and images ([N·S, C, H, W], prompt-major) for one split under the pinned regime."""
+def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[PromptItem],
+                   where: str = "") -> tuple[dict, Tensor]:
+    """Metrics and images ([N·S, C, H, W], prompt-major) for one split under the pinned regime.
+    Non-finite samples raise DivergenceError (`where` names the evaluation) before any metric is computed."""
     per = cfg.eval_samples_per_prompt
     cond = cond_repeat(policy.encode_prompts([it.text for it in items]), per)
     from .trainer import sigma_grid
     latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift, cfg.sigma_grid),
                          guidance_scale=cfg.eval_guidance_scale,
                          generators=eval_generators(cfg.eval_seed, len(items), per))
+    check_evaluation(cfg, latents, where=where or f"{len(items)} prompts")
     images = policy.decode(latents).float().clamp(0, 1)
     rep_items = [it for it in items for _ in range(per)]
     if comps.evaluate_images is not None:

@@ -56,6 +56,8 @@ STEP_METRICS: dict[str, str] = {
     "loss": "total loss (policy + β·KL_ref), mean over samples and trained steps",
     "policy_loss": "policy part of the loss",
     "grad_norm": "gradient norm before clipping",
+    "nonfinite_skipped": "config.on_nonfinite=skip only: 1 if this step's loss or gradient norm was non-finite and the "
+                         "step was skipped (gradients dropped; weights and optimizer state unchanged), else 0",
     "cf/sign_rule": "fraction with Â·(r − 1) > 0 (what the mask degenerates to for tiny δ)",
     "cf/clip_fire@{eps}": "counterfactual: fraction ratio clipping at ε would cut (per-dim log r); ε on a fixed "
                           "grid plus the run's clip_range and the ε matched to its δ, √(2δ/D)",

@@ -23,15 +23,16 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import dist, losses, onpolicy, sde
+from . import dist, losses, nonfinite, onpolicy, preflight, rundir, sde
 from .advantages import gdpo_advantages, group_advantages
-from .config import Config, config_diff, make_config
+from .config import Config
+from .errors import ConfigError
 from .divergence import gaussian_kl
 from .policy.base import Policy, sigma_batch
 from .prompts import PromptItem
 from .rewards.base import Reward, check_scores
 from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
-from .runlog import JsonlLog, atomic_torch_save, atomic_write_json, git_commit, read_jsonl, versions
+from .runlog import JsonlLog, atomic_write_json, git_commit, read_jsonl, versions
 
 # Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
 _PROMPTS, _SDE_IDX, _NOISE, _SHUFFLE = 1, 2, 3, 4
@@ -86,8 +87,8 @@ def build_components(cfg: Config) -> Components:
         try:
             return make_reward(name, **kwargs)
         except TypeError as err:   # an argument the reward's constructor does not take
-            raise ValueError(f"config.reward_kwargs.{name}: {kwargs} does not fit reward {name!r} ({err}). Fix: "
-                             f"see its constructor in flowdppo.rewards.registry's table") from None
+            raise ConfigError(f"config.reward_kwargs.{name}: {kwargs} does not fit reward {name!r} ({err}). Fix: "
+                              f"see its constructor in flowdppo.rewards.registry's table") from None
 
     rewards = {name: build(name) for name in cfg.rewards}
     log_rewards = {name: build(name) for name in cfg.log_rewards}
@@ -195,8 +196,9 @@ class _StatAccumulator:
 
 def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Tensor, cfg: Config,
                      loss_fn, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                     info: dist.DistInfo) -> dict:
-    """One optimizer step on `rows` of the trajectory (anchor frozen).  Returns the step's log fields."""
+                     info: dist.DistInfo, where: str = "this step") -> dict:
+    """One optimizer step on `rows` of the trajectory (anchor frozen).  Returns the step's log fields.
+    A non-finite loss / gradient norm / parameter is handled by flowdppo.nonfinite (`where` names the step)."""
     optimizer.zero_grad(set_to_none=True)
     t_count = len(traj.sde_indices)
     denom = len(rows) * t_count  # loss = mean over (samples, trained steps), whatever the micro split
@@ -233,7 +235,12 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
                 adv_all[t].append(a)
     dist.average_gradients(params, info)
     grad_norm = dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-    optimizer.step()
+    applied = nonfinite.guard_step(cfg, loss=loss_sum / denom, grad_norm=grad_norm, info=info, where=where)
+    if applied:
+        optimizer.step()
+        nonfinite.check_parameters(cfg, params, info, where=where)
+    else:   # on_nonfinite=skip: weights and optimizer state stay as they were
+        optimizer.zero_grad(set_to_none=True)
 
     per_t = [(torch.cat(lr_all[t]), torch.cat(kl_all[t]), torch.cat(adv_all[t])) for t in range(t_count)]
     log_ratio, kl_d, a = (torch.cat([p[i] for p in per_t]) for i in range(3))
@@ -262,6 +269,8 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
         step_block[str(k)] = block
     out = {k: float(v) for k, v in stats.items()}
     out["per_step"] = step_block
+    if cfg.on_nonfinite == "skip":
+        out["nonfinite_skipped"] = float(not applied)
     return out
 
 
@@ -306,7 +315,7 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
         if not items:
             continue
         with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
-            metrics, images = evaluate_split(policy, comps, cfg, items)
+            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split")
         if write:
             eval_log.append({"iteration": iteration, "split": split, **metrics})
             per, n_grid = cfg.eval_samples_per_prompt, 8
@@ -335,39 +344,46 @@ def _fault_hook(opt_step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(cfg: Config, *, resume: bool = False, components: Optional[Components] = None,
+def train(cfg: Config, *, resume: bool = False, restart: bool = False, components: Optional[Components] = None,
           on_step: Optional[Callable[[int, Policy], None]] = None) -> Path:
     """Run (or resume) training; returns the run directory.
 
+    resume: continue cfg.run_dir — that directory, wherever it now is — from its checkpoint (its config.json
+    must equal cfg up to config.RESUME_MAY_CHANGE); restart (with resume): move its logs and checkpoints to
+    replaced-<time>/ and train it again from iteration 0 (flowdppo.rundir has the rules).
     components: inject a policy/prompts/rewards (tests, notebooks); default builds them from cfg.
-    on_step(opt_step, policy): called after every optimizer step (tests check cross-rank identity here)."""
+    on_step(opt_step, policy): called after every optimizer step (tests check cross-rank identity here).
+
+    Everything checkable is checked before the first write (config fields, world size, the run directory
+    and its checkpoint, the prompt file and rewards); a start that fails before its first optimizer step
+    leaves nothing that blocks a retry."""
+    cfg = cfg.validate()
     info = dist.init_from_env(cfg.device)
-    torch.set_num_threads(cfg.threads)
     if not cfg.run_dir:
         cfg = cfg.replace(run_dir=dist.broadcast_object(_default_run_dir(cfg), info))
     run_dir = Path(cfg.run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
-
+    preflight.check_world_size(cfg, info.world_size)
     if resume:
-        if not (run_dir / "config.json").exists():
-            raise ValueError(f"cannot resume: {run_dir}/config.json does not exist (is --resume the run dir?)")
-        saved = make_config(__import__("json").loads((run_dir / "config.json").read_text()))
-        diff = config_diff(saved, cfg, ignore=("iterations", "progress", "tensorboard", "threads", "parallel",
-                                                       "compile", "offload_text_encoders"))
-        if diff:
-            lines = ", ".join(f"{k}: run has {a!r}, you gave {b!r}" for k, a, b in
-                              ((k, *v) for k, v in diff.items()))
-            raise ValueError(f"resume config differs from the run's ({lines}). Fix: resume with the run's config "
-                             f"(drop those overrides) or start a new run_dir")
-    elif (run_dir / "config.json").exists():
-        raise ValueError(f"{run_dir} already holds a run. Fix: `flowdppo train --resume {run_dir}` to continue it,"
-                         f" or choose another run_dir")
+        rundir.check_resume_config(run_dir, cfg)
+    plan = rundir.plan_on_rank0(run_dir, resume=resume, restart=restart, info=info)
+    if components is None:
+        preflight.check_inputs(cfg)
+    lock = rundir.open_run(plan, info)      # the first write
+    try:
+        return _train(cfg, plan, info, components, on_step)
+    finally:
+        lock.release()
 
+
+def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components: Optional[Components],
+           on_step: Optional[Callable[[int, Policy], None]]) -> Path:
+    run_dir = plan.run_dir
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the only global-RNG use: LoRA initialisation when building the policy
     comps = components or build_components(cfg.replace(device=dist.local_device(cfg.device)))
     policy = comps.policy
     # A checkpoint holds full tensors: load the weights before sharding, the optimizer state after.
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume and ckpt_path.exists() else None
+    state = plan.state
     if state is not None:
         policy.load_trainable_state_dict(state["policy"])
     info = _setup_parallel(cfg, policy, info)
@@ -380,13 +396,6 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
     train_items = comps.splits["train"]
     sigmas = sigma_grid(policy, cfg.num_steps, cfg.shift, cfg.sigma_grid)
     pool = cfg.sde_indices_pool()
-    if cfg.batch_size % info.world_size or (cfg.batch_size // info.world_size) % cfg.num_minibatches:
-        raise ValueError(f"config.prompts_per_iter: batch {cfg.batch_size} must split evenly over {info.world_size} "
-                         f"ranks × {cfg.num_minibatches} minibatches. Fix: make prompts_per_iter*group_size a "
-                         f"multiple of world_size*num_minibatches")
-    if cfg.prompts_per_iter % info.world_size:
-        raise ValueError(f"config.prompts_per_iter={cfg.prompts_per_iter} is not divisible by world size "
-                         f"{info.world_size}. Fix: use a multiple of the number of ranks")
 
     metrics_log, eval_log = JsonlLog(run_dir / "metrics.jsonl"), JsonlLog(run_dir / "eval.jsonl")
     start_iter, opt_step = 0, 0
@@ -397,10 +406,8 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
         if info.is_main:
             metrics_log.truncate_to(state["metrics_lines"])
             eval_log.truncate_to(state["eval_lines"])
-    elif resume and info.is_main:  # killed before its first checkpoint: start over, cleanly
-        metrics_log.truncate_to(0)
-        eval_log.truncate_to(0)
-    if info.is_main and not resume:
+    checkpointed = f"iteration {start_iter}" if state is not None else "none yet"
+    if info.is_main and plan.fresh:
         atomic_write_json(run_dir / "config.json", cfg.to_dict())
         atomic_write_json(run_dir / "run.json", {
             "latent_dim": latent_dim, "latent_shape": list(policy.latent_shape), "git_commit": git_commit(),
@@ -447,6 +454,8 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
                            eta=cfg.eta, guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE),
                            iteration=it, global_indices=global_rows, chunks=chunks, want_ref=want_ref,
                            ref_guidance_scale=cfg.ref_guidance_scale)
+        nonfinite.check_rollout(cfg, traj.final, traj.old_logp_per_dim, info,
+                                where=f"iteration {it} (last checkpoint: {checkpointed})")
         t1 = time.perf_counter()
         with torch.no_grad():
             images = policy.decode(traj.final)
@@ -475,7 +484,9 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
                 b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=epoch, first_global=first_global)
             for j, rows in enumerate(mbs):
                 ts = time.perf_counter()
-                fields = update_minibatch(policy, traj, rows, adv, cfg, loss_fn, params, optimizer, info)
+                where = (f"iteration {it}, optimizer step {opt_step + 1} (epoch {epoch}, minibatch {j}; last "
+                         f"checkpoint: {checkpointed})")
+                fields = update_minibatch(policy, traj, rows, adv, cfg, loss_fn, params, optimizer, info, where)
                 if epoch == 0 and j == 0:   # π_θ = π_old here: any |log r| > 0 is rollout/update disagreement
                     iter_fields["onpolicy/abs_log_ratio_max"] = fields["abs_log_ratio_per_dim_max"]
                     if info.is_main:
@@ -505,10 +516,11 @@ def train(cfg: Config, *, resume: bool = False, components: Optional[Components]
             elif info.is_main:
                 weights, opt_state = policy.trainable_state_dict(), optimizer.state_dict()
             if info.is_main:
-                atomic_torch_save(ckpt_path, {"iteration": it + 1, "opt_step": opt_step, "policy": weights,
-                                              "optimizer": opt_state, "world_size": info.world_size,
-                                              "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines,
-                                              "config": cfg.to_dict()})
+                rundir.save_checkpoint(run_dir, {"iteration": it + 1, "opt_step": opt_step, "policy": weights,
+                                                 "optimizer": opt_state, "world_size": info.world_size,
+                                                 "metrics_lines": metrics_log.lines, "eval_lines": eval_log.lines,
+                                                 "config": cfg.to_dict()})
+            checkpointed = f"iteration {it + 1}"
         dist.barrier(info)
     if bar is not None:
         bar.close()
@@ -521,9 +533,9 @@ def _setup_parallel(cfg: Config, policy: Policy, info: dist.DistInfo) -> dist.Di
     """Apply config.parallel: shard the policy's full-fine-tuning modules with FSDP2, or keep replicas."""
     roots = [m for m in (policy.fsdp_roots() if hasattr(policy, "fsdp_roots") else []) if m is not None]
     if cfg.parallel == "fsdp" and not roots:
-        raise ValueError("config.parallel='fsdp' shards full fine-tuning, but this policy has no full-fine-tuning "
-                         "modules (LoRA, or a policy without fsdp_roots()). Fix: set lora_rank=0 for full "
-                         "fine-tuning, or parallel=replicate (LoRA adapters are small: replicas + all-reduce)")
+        raise ConfigError("config.parallel='fsdp' shards full fine-tuning, but this policy has no full-fine-tuning "
+                          "modules (LoRA, or a policy without fsdp_roots()). Fix: set lora_rank=0 for full "
+                          "fine-tuning, or parallel=replicate (LoRA adapters are small: replicas + all-reduce)")
     if not info.enabled or cfg.parallel == "replicate" or not roots:
         return info
     for module in roots:

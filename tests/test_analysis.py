@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,7 +23,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from analysis import compact, experiments, load_runs, plots, stats  # noqa: E402
+from flowdppo import runlog  # noqa: E402
 from flowdppo.config import make_config  # noqa: E402
+from flowdppo.errors import CorruptLogError  # noqa: E402
 from flowdppo.evaluation import within_prompt_diversity  # noqa: E402
 from flowdppo.trainer import Components, train  # noqa: E402
 from _toy import BrightnessReward, toy_components  # noqa: E402
@@ -103,9 +107,26 @@ def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
     p.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
     records, torn = load_runs.read_jsonl(p)
     assert records == [{"a": 1}, {"a": 2}] and torn == 1
+    with pytest.warns(UserWarning, match=r"m\.jsonl: dropped a torn last line"):   # the trainer-side reader says so
+        assert runlog.read_jsonl(p) == records
     p.write_text('{"a": 1}\n{"a": oops}\n{"a": 3}\n')
-    with pytest.raises(ValueError, match="line 2"):
+    with pytest.raises(CorruptLogError, match=r"m\.jsonl: line 2 is not valid JSON .* not the last line"):
         load_runs.read_jsonl(p)
+    p.write_text('{"a": 1}\n\n[1, 2]\n')                  # blank lines are fine, a non-record is damage
+    with pytest.raises(CorruptLogError, match="line 3 is a JSON list"):
+        runlog.parse_jsonl(p)
+    p.write_text('{"a": 1}\n{"a": 2}')                     # a whole record cut just before its newline: kept
+    assert runlog.parse_jsonl(p).records == [{"a": 1}, {"a": 2}] and runlog.parse_jsonl(p).torn == 0
+
+
+def test_iterations_csv_torn_last_row_and_damaged_row(tmp_path):
+    p = tmp_path / "iterations.csv"
+    p.write_text("iteration,loss\n0,1.0\n1,2.0\n2,3")
+    df, torn = load_runs.read_iterations_csv(p)
+    assert df["iteration"].tolist() == [0, 1] and torn == 1
+    p.write_text("iteration,loss\n0,1.0\n1\n2,3.0\n")
+    with pytest.raises(CorruptLogError, match=r"iterations\.csv: line 3 has 1 fields, the header 2"):
+        load_runs.read_iterations_csv(p)
 
 
 def _step(it, epoch, mb, **kw):
@@ -363,3 +384,92 @@ def test_partial_runs_are_drawn_but_not_counted_at_the_end(fixture_root, tmp_pat
     spec = next(r for r in experiments.registry()["fig2"] if r.run_id == rid)
     assert claims.per_seed(load_runs.load_runs(tmp_path, [rid]), [spec], claims.final_eval("tifa")) == {}
     assert claims.per_seed(load_runs.load_runs(fixture_root, [rid]), [spec], claims.final_eval("tifa")) != {}
+
+
+def _tear_last_line(path: Path, keep_fraction: float = 0.5) -> None:
+    """Cut the file inside its last line (no newline after the cut): a writer killed mid-write."""
+    text = path.read_text()
+    start = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: start + int((len(text) - start) * keep_fraction)])
+
+
+def _compact_in_place(root: Path, rid: str, tmp: Path) -> None:
+    compact.compact_run(root / rid, tmp / rid)
+    shutil.rmtree(root / rid)
+    shutil.move(str(tmp / rid), str(root / rid))
+
+
+def test_damaged_torn_and_partial_runs_are_reported_in_the_figure_readme(fixture_root, tmp_path):
+    """Torn last lines in each log format (raw metrics.jsonl / eval.jsonl, compact eval.jsonl / iterations.csv,
+    and a raw line torn before compaction) are listed in paper_figures/README.md and the manifest; a run
+    whose final evaluation or iterations are incomplete is partial and left out of the tables (never its
+    ood value of an older iteration beside a newer test value); one corrupt middle line makes that one run
+    damaged — reported and skipped — while every figure is still made."""
+    from analysis import make_figures
+    root, work = tmp_path / "runs", tmp_path / "work"
+    shutil.copytree(fixture_root, root)
+    work.mkdir()
+    torn_metrics, torn_final_eval = "single-flow_grpo-s0", "single-flow_grpo-s1"
+    compact_torn_eval, compact_torn_csv = "single-flow_cps-s0", "single-flow_cps-s1"
+    corrupt, torn_before_compaction = "single-grpo_guard-s0", "single-grpo_guard-s1"
+    _tear_last_line(root / torn_metrics / "metrics.jsonl")
+    _tear_last_line(root / torn_final_eval / "eval.jsonl")               # the final evaluation's ood record
+    for rid in (compact_torn_eval, compact_torn_csv):
+        _compact_in_place(root, rid, work)
+    _tear_last_line(root / compact_torn_eval / "eval.jsonl")
+    _tear_last_line(root / compact_torn_csv / "iterations.csv")
+    lines = (root / corrupt / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[3] = lines[3][:20] + "\n"
+    (root / corrupt / "metrics.jsonl").write_text("".join(lines))
+    _tear_last_line(root / torn_before_compaction / "metrics.jsonl")
+    _compact_in_place(root, torn_before_compaction, work)
+
+    runs = load_runs.load_runs(root, [torn_metrics, torn_final_eval, compact_torn_eval, compact_torn_csv, corrupt,
+                                      torn_before_compaction])
+    assert list(runs.damaged) == [corrupt] and "line 4 is not valid JSON" in runs.damaged[corrupt]
+    stale = runs.get(torn_final_eval)
+    assert stale.partial and stale.partial_reason == "final evaluation (iteration 6) lacks split ood"
+    assert np.isnan(stale.final_eval("tifa", "ood")) and np.isfinite(stale.final_eval("tifa", "test"))
+    assert runs.get(compact_torn_csv).partial_reason == "5 of 6 iterations logged"
+    assert not runs.get(torn_metrics).partial and runs.get(torn_metrics).torn == {"metrics.jsonl": 1}
+    assert runs.get(torn_before_compaction).torn == {"metrics.jsonl (raw, at compaction)": 1}
+
+    out = tmp_path / "figs"
+    make_figures.make_all(root, out, verbose=False)
+    for _, f in make_figures.FIGURE_INDEX:
+        assert (out / f).exists(), f
+    readme = (out / "README.md").read_text()
+    damaged_part = readme.split("**Damaged:")[1].split("**Torn logs:")[0]
+    torn_part = readme.split("**Torn logs:")[1].split("**Partial:")[0]
+    partial_part = readme.split("**Partial:")[1].split("## Metric mapping")[0]
+    assert f"`{corrupt}`" in damaged_part and "line 4 is not valid JSON" in damaged_part
+    for rid, entry in ((torn_metrics, "metrics.jsonl 1"), (torn_final_eval, "eval.jsonl 1"),
+                       (compact_torn_eval, "eval.jsonl 1"), (compact_torn_csv, "iterations.csv 1"),
+                       (torn_before_compaction, "metrics.jsonl (raw, at compaction) 1")):
+        assert f"- `{rid}`: {entry}" in torn_part, rid
+    assert f"- `{torn_final_eval}`: final evaluation (iteration 6) lacks split ood" in partial_part
+    assert f"- `{compact_torn_eval}`: final evaluation (iteration 6) lacks split" in partial_part
+    assert f"- `{compact_torn_csv}`: 5 of 6 iterations logged" in partial_part
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["damaged"]) == [corrupt]
+    assert set(manifest["partial"]) == {torn_final_eval, compact_torn_eval, compact_torn_csv}
+    # Table 4 (single reward block): only the complete seed of each damaged cell is counted
+    t4 = pd.read_csv(out / "table4_full.csv")
+    single_ood = t4[(t4["block"] == "single") & (t4["split"] == "ood") & (t4["metric"] == "tifa")].set_index("method")
+    assert single_ood.loc["Flow-GRPO", "n"] == 1 and single_ood.loc["GRPO-Guard", "n"] == 1
+    assert single_ood.loc["Flow-CPS", "n"] == 0 and single_ood.loc["Flow-DPPO", "n"] == 2
+    assert single_ood.loc["Flow-GRPO", "mean"] == pytest.approx(runs.get(torn_metrics).final_eval("tifa", "ood"))
+    assert "partial" in (out / "table4_full.md").read_text()
+
+
+def test_compaction_reports_a_damaged_run_and_compacts_the_others(fixture_root, tmp_path):
+    root = tmp_path / "runs"
+    for rid in ("single-flow_dppo-s0", "single-flow_dppo-s1"):
+        shutil.copytree(fixture_root / rid, root / rid)
+    lines = (root / "single-flow_dppo-s1" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = "{oops\n"
+    (root / "single-flow_dppo-s1" / "metrics.jsonl").write_text("".join(lines))
+    info = compact.compact_store(root, tmp_path / "store")
+    assert info["runs"] == 1 and list(info["damaged"]) == ["single-flow_dppo-s1"]
+    assert "line 2 is not valid JSON" in info["damaged"]["single-flow_dppo-s1"]
+    assert (tmp_path / "store" / "single-flow_dppo-s0").exists() and not (tmp_path / "store" / "single-flow_dppo-s1").exists()

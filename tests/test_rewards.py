@@ -1,9 +1,11 @@
 """Rewards behind the protocol (flowdppo/rewards): CLIP family on a tiny CLIPModel, Soft-TIFA on a tiny
 random Qwen3-VL built in code, OCR on text rendered with PIL (real PP-OCR models), JPEG, the registry,
-and the loopback reward service (a real child process serving the JPEG reward)."""
+and the loopback reward service (a real child process serving the JPEG reward; slow, oversized and
+malformed clients on 127.0.0.1)."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -284,7 +286,111 @@ def test_reward_service_errors_reach_the_client():
     try:
         client = RemoteReward(f"http://127.0.0.1:{server.port}")
         assert client.name == "nan_maker"
-        with pytest.raises(RuntimeError, match="NaN"):
+        with pytest.raises(RuntimeError, match=r"reward 'nan_maker' failed: ValueError: .*NaN"):   # 500, no traceback
             client(torch.rand(2, 3, 8, 8), [PromptItem("a"), PromptItem("b")])
+    finally:
+        server.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The service under a slow, an oversized and a malformed client (127.0.0.1 only; every socket timed out)
+# ----------------------------------------------------------------------------------------------------
+class _MeanReward:
+    """Mean intensity per image; counts its calls (requests that reached the scorer)."""
+    name = "mean"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, items):
+        self.calls += 1
+        return images.flatten(1).mean(1)
+
+
+def _raw_request(port: int, head: str, body: bytes = b"", *, timeout: float = 10.0) -> tuple[str, float]:
+    """Send a hand-written request on a fresh socket; (status line + JSON reply, seconds until the reply)."""
+    import socket
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode("utf-8", "replace"), time.perf_counter() - t0
+
+
+def test_reward_service_slow_client_does_not_block_others():
+    """A client that declares Content-Length 100000000 and sends 10 bytes holds only its own connection: GET
+    /info answers at once while it hangs (bound: 1.5 s, well under the 3 s connection timeout that would
+    be its wait if the server served one request at a time), and the stalled request gets 408."""
+    import socket
+    from flowdppo.rewards.service import RewardServer
+    server = RewardServer(_MeanReward(), timeout=3.0).start()
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10.0)
+    try:
+        slow.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"0123456789")
+        time.sleep(0.2)                                   # the server is now reading the slow body
+        for _ in range(3):
+            reply, took = _raw_request(server.port, "GET /info HTTP/1.1\r\nHost: x")
+            assert reply.startswith("HTTP/1.0 200") and '"max_body_bytes"' in reply and took < 1.5, (reply, took)
+        t0 = time.perf_counter()
+        data = b""
+        while chunk := slow.recv(65536):
+            data += chunk
+        assert data.startswith(b"HTTP/1.0 408") and b"did not arrive within 3 s" in data, data
+        assert time.perf_counter() - t0 < 5.0
+    finally:
+        slow.close()
+        server.close()
+
+
+def test_reward_service_refuses_an_oversized_body_before_reading_it():
+    """Content-Length above max_body_bytes gets 413 at once — the body is never sent here, so a server that
+    tried to read it would answer 408 after its 3 s timeout instead."""
+    from flowdppo.rewards.service import RewardServer
+    reward = _MeanReward()
+    server = RewardServer(reward, max_body_bytes=2**20, timeout=3.0).start()
+    try:
+        reply, took = _raw_request(server.port, f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: {256 * 2**20}")
+        assert reply.startswith("HTTP/1.0 413") and "exceeds this server's limit of 1048576 bytes" in reply, reply
+        assert took < 1.5 and reward.calls == 0
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("length,body,status,message", [
+    (None, b"", "411", "Content-Length is required"),
+    ("-1", b"", "400", "non-negative integer"),
+    ("1e3", b"", "400", "non-negative integer"),
+    ("{n}", b"{oops}\n", "400", "header line is not JSON"),
+    ("{n}", b'{"shape": [1, 1, 2, 2], "dtype": "uint8", "items": []}\n1234', "400", "items must be a list of 1"),
+    ("{n}", b'{"shape": [1, 1, 2, 2], "dtype": "float", "items": [{}]}\n12', "400", "unsupported image dtype"),
+    ("{n}", b'{"shape": [1, 1, 2, 2], "dtype": "uint8", "items": [{}]}\n12', "400", "do not match shape"),
+])
+def test_reward_service_answers_bad_requests_with_4xx_and_a_message(length, body, status, message):
+    from flowdppo.rewards.service import RewardServer
+    reward = _MeanReward()
+    server = RewardServer(reward, timeout=3.0).start()
+    try:
+        head = "POST /score HTTP/1.1\r\nHost: x" + ("" if length is None else
+                                                   f"\r\nContent-Length: {length.format(n=len(body))}")
+        reply, took = _raw_request(server.port, head, body)
+        assert reply.startswith(f"HTTP/1.0 {status}") and message in reply and "Traceback" not in reply, reply
+        assert took < 1.5 and reward.calls == 0
+    finally:
+        server.close()
+
+
+def test_remote_reward_splits_a_batch_under_the_body_limit():
+    """8 images of 3×16×16 bytes against a 2000-byte limit: several requests, the local scores exactly."""
+    from flowdppo.rewards.service import RemoteReward, RewardServer
+    reward = _MeanReward()
+    server = RewardServer(reward, max_body_bytes=2000).start()
+    try:
+        client = RemoteReward(f"http://127.0.0.1:{server.port}", timeout=10.0)
+        images = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).round() / 255
+        items = [PromptItem(f"p{i}") for i in range(8)]
+        torch.testing.assert_close(client(images, items), images.flatten(1).mean(1))
+        assert reward.calls == 4             # 2 images (2 × 768 bytes + headers) per request
     finally:
         server.close()

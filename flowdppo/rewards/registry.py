@@ -79,6 +79,16 @@ def _world_names() -> tuple[str, ...]:
         return ()
 
 
+def known_rewards() -> list[str]:
+    """Every name make_reward accepts: the table, registered factories, then the embedded world's rewards."""
+    return sorted(REWARDS) + sorted(n for n in _world_names() if n not in REWARDS)
+
+
+def is_world_reward(name: str) -> bool:
+    """`name` resolves to an embedded-world reward (no registered factory shadows it)."""
+    return name not in REWARDS and name in _world_names()
+
+
 def make_reward(name: str, **kwargs) -> Reward:
     """Build the reward called `name` (see the module table); kwargs go to its constructor."""
     if name in REWARDS:

@@ -40,7 +40,7 @@ from .data import prompt_splits
 from .pretraining import main as main_pretrain
 from .pretraining import pretrain
 from .data import CELL_BOXES
-from .rewards import REWARD_NAMES, cell_correct, evaluate_images, make_reward
+from .rewards import LAYOUT_REWARDS, REWARD_NAMES, cell_correct, evaluate_images, make_reward
 from .sampling import expand_items, sample_images
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -58,8 +58,10 @@ def resolve_checkpoint(checkpoint: Optional[str | Path]) -> Path:
         return SHIPPED_BASES[str(checkpoint)]
     return Path(checkpoint)
 
-__all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "cell_correct", "CELL_BOXES", "sample_images", "expand_items",
-           "pretrain", "main_pretrain", "REWARD_NAMES", "BASE_CHECKPOINT", "TinyFlowPolicy"]
+
+__all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "cell_correct", "CELL_BOXES",
+           "sample_images", "expand_items", "pretrain", "main_pretrain", "REWARD_NAMES", "LAYOUT_REWARDS",
+           "BASE_CHECKPOINT", "SHIPPED_BASES", "resolve_checkpoint", "TinyFlowPolicy"]
 
 
 def load_policy(*, checkpoint: Optional[str | Path] = None, lora_rank: int = 0, lora_alpha: Optional[float] = None,

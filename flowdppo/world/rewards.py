@@ -34,6 +34,8 @@ from .data import BLANK_CLASS, EMPTY, blank_cells, cells_of, digit_splits
 from .judges import load_judges
 
 REWARD_NAMES = ("tifa", "agreement", "realism", "ink")
+# The rewards that score a prompt's digit layout (item.meta["layout"], as flowdppo.world.prompt_splits makes).
+LAYOUT_REWARDS = ("tifa", "agreement")
 KNN_K = 5
 
 
