@@ -267,11 +267,12 @@ class Config:
         def bad(field_name: str, why: str, fix: str) -> None:
             raise ConfigError(f"config.{field_name}: {why}. Fix: {fix}")
 
-        for name in ("threads", "num_minibatches", "num_steps", "eval_num_steps", "eval_prompts"):
+        for name in ("threads", "num_minibatches", "num_steps", "eval_num_steps"):
             if getattr(self, name) < 1:
                 bad(name, f"{getattr(self, name)} < 1", f"use {name} >= 1")
         for name, what in (("eval_every", "0 = never evaluate"), ("checkpoint_every", "0 = only at the end"),
-                           ("micro_batch_size", "0 = the whole minibatch"), ("lora_rank", "0 = full fine-tuning")):
+                           ("micro_batch_size", "0 = the whole minibatch"), ("lora_rank", "0 = full fine-tuning"),
+                           ("eval_prompts", "0 = every prompt of the split")):
             if getattr(self, name) < 0:
                 bad(name, f"{getattr(self, name)} < 0", f"use a count >= 0 ({what})")
         if self.eval_samples_per_prompt < 2:
