@@ -46,6 +46,7 @@ BASE: dict[str, Any] = {
     # figures' ~70 runs took ≈ 1 h wall with --jobs 2).  The committed runs were trained on the FIRST world
     # base (shipped as world_base_v1); every default they relied on that has changed since is pinned here.
     "checkpoint": "world_base_v1",
+    "prompts": "embedded_v1",
     "iterations": 30,           # rollout→update iterations ("training epochs" on the paper's x axes)
     "prompts_per_iter": 8,      # groups per rollout (paper: 64)
     "group_size": 8,            # samples per prompt (paper: 16)

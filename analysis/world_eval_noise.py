@@ -24,7 +24,7 @@ from flowdppo.evaluation import evaluate_split
 from flowdppo.trainer import Components
 
 
-def measure(checkpoint: str | None, sets: int, samples: int, splits=("test", "ood")) -> dict:
+def measure(checkpoint: str | None, sets: int, samples: int, splits=("test", "ood", "transfer")) -> dict:
     torch.set_num_threads(1)
     cfg = make_config({"eval_samples_per_prompt": samples})
     policy = world.load_policy(checkpoint=checkpoint)
@@ -35,7 +35,8 @@ def measure(checkpoint: str | None, sets: int, samples: int, splits=("test", "oo
         items = comps.splits[split]
         runs = []
         for k in range(sets):
-            metrics, _ = evaluate_split(policy, comps, cfg.replace(eval_seed=cfg.eval_seed + 1000 * (k + 1)), items)
+            metrics, _ = evaluate_split(policy, comps, cfg.replace(eval_seed=cfg.eval_seed + 1000 * (k + 1)), items,
+                                        per=samples)
             runs.append(metrics)
         keys = [k for k in runs[0] if k.startswith(("accuracy", "tifa"))]
         out[split] = {"prompts": len(items), "images": len(items) * samples,
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     res = measure(a.checkpoint, a.sets, a.samples)
     res["seconds"] = round(time.time() - t0, 1)
-    for split in ("test", "ood"):
+    for split in ("test", "ood", "transfer"):
         for k, v in res[split].items():
             if isinstance(v, dict):
                 print(f"{split:5s} {k:18s} mean {v['mean']:.4f}   sd over {a.sets} seed sets {v['sd_over_seed_sets']:.4f}")

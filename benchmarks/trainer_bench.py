@@ -29,6 +29,12 @@ def one_run(loss: str, iterations: int, threads: int, seed: int, workdir: Path, 
     torch.manual_seed(seed)
     comps = build_components(cfg)  # fresh base weights for each run
     train(cfg, components=comps)
+    return iteration_times(run_dir)
+
+
+def iteration_times(run_dir: Path) -> list[dict]:
+    """Per iteration of a run's metrics.jsonl: {"rollout", "reward", "update"} seconds (update = the sum
+    of its optimizer steps), in iteration order."""
     per_iter: dict[int, dict] = {}
     for r in read_jsonl(run_dir / "metrics.jsonl"):
         d = per_iter.setdefault(r["iteration"], {"rollout": r["time/rollout_s"], "reward": r["time/reward_s"],

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from flowdppo.config import make_config
-from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import build_components, train
+from trainer_bench import iteration_times   # run as `python benchmarks/world_bench.py`: its folder is on sys.path
 
 
 def main() -> None:
@@ -46,14 +46,10 @@ def main() -> None:
         t0 = time.perf_counter()
         train(cfg, components=comps)
         wall = time.perf_counter() - t0
-        per_iter: dict[int, dict] = {}
-        for r in read_jsonl(run_dir / "metrics.jsonl"):
-            d = per_iter.setdefault(r["iteration"], {"rollout": r["time/rollout_s"], "reward": r["time/reward_s"],
-                                                     "update": 0.0})
-            d["update"] += r["time/step_s"]
-    its = [per_iter[i] for i in sorted(per_iter)][args.warmup:]
+        all_its = iteration_times(run_dir)
+    its = all_its[args.warmup:]
     iter_s = statistics.median(i["rollout"] + i["reward"] + i["update"] for i in its)
-    train_s = sum(i["rollout"] + i["reward"] + i["update"] for i in per_iter.values())
+    train_s = sum(i["rollout"] + i["reward"] + i["update"] for i in all_its)
     eval_s = (wall - train_s) / 2                          # two evaluations (start, end) + small overheads
     run_cfg = make_config({}, args.overrides)
     n_evals = (args.run_iterations // run_cfg.eval_every + 1) if run_cfg.eval_every else 0

@@ -86,12 +86,13 @@ def _print_summary(run_dir: Path) -> None:
         return
     first, last = evals[0]["iteration"], evals[-1]["iteration"]
     print(f"evaluation (pinned ODE regime), iteration {first} -> {last}:")
-    for split in ("test", "ood"):
+    from .evaluation import EVAL_SPLITS
+    for split in EVAL_SPLITS:
         a = [e for e in evals if e["split"] == split]
         if len(a) < 1:
             continue
         keys = [k for k, v in a[0].items() if isinstance(v, (int, float)) and k not in ("iteration", "n_images")]
-        print(f"  {split:4s} " + "  ".join(f"{k} {a[0][k]:.3f}->{a[-1][k]:.3f}" for k in keys))
+        print(f"  {split:8s} " + "  ".join(f"{k} {a[0][k]:.3f}->{a[-1][k]:.3f}" for k in keys))
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -129,10 +130,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"loaded {ckpt} (iteration {state['iteration']})")
     else:
         print(f"no checkpoint in {run_dir}: evaluating the base model")
-    for split in ("test", "ood"):
+    from .evaluation import EVAL_SPLITS
+    for split in EVAL_SPLITS:
         items = cfg.eval_items(comps.splits.get(split, []))
         if items:
-            metrics, _ = evaluate_split(comps.policy, comps, cfg, items)
+            metrics, _ = evaluate_split(comps.policy, comps, cfg, items, per=cfg.eval_samples(split))
             print(split, json.dumps(metrics))
     return 0
 

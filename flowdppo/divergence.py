@@ -22,14 +22,7 @@ Reduction = Literal["sum", "per_dim"]
 REDUCTIONS: tuple[str, ...] = ("sum", "per_dim")
 
 
-def _reduce(sq: Tensor, reduction: Reduction) -> Tensor:
-    """[B, *latent] → [B] by sum or per-dim mean."""
-    flat = sq.flatten(1)
-    if reduction == "sum":
-        return flat.sum(1)
-    if reduction == "per_dim":
-        return flat.mean(1)
-    raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+_reduce = sde.reduce_dims   # [B, *latent] → [B] by sum or per-dim mean
 
 
 def gaussian_kl(mean_p: Tensor, mean_q: Tensor, std: Tensor, reduction: Reduction = "sum") -> Tensor:

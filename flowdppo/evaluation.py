@@ -35,12 +35,18 @@ def within_prompt_diversity(images: Tensor, per_prompt: int) -> float:
     return float(d[:, iu[0], iu[1]].mean())
 
 
+EVAL_SPLITS = ("test", "ood", "transfer")
+"""The splits an evaluation covers, in this order, where the prompt set has them: "test" (held-out in-domain),
+"ood" and "transfer" (never-trained probes of the embedded world)."""
+
+
 @torch.no_grad()
 def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[PromptItem],
-                   where: str = "") -> tuple[dict, Tensor]:
-    """Metrics and images ([N·S, C, H, W], prompt-major) for one split under the pinned regime.
+                   where: str = "", per: Optional[int] = None) -> tuple[dict, Tensor]:
+    """Metrics and images ([N·S, C, H, W], prompt-major) for one split under the pinned regime, S = `per`
+    samples per prompt (default cfg.eval_samples_per_prompt).
     Non-finite samples raise DivergenceError (`where` names the evaluation) before any metric is computed."""
-    per = cfg.eval_samples_per_prompt
+    per = per or cfg.eval_samples_per_prompt
     cond = cond_repeat(policy.encode_prompts([it.text for it in items]), per)
     from .trainer import sigma_grid
     latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift, cfg.sigma_grid),

@@ -73,7 +73,7 @@ STEP_METRICS: dict[str, str] = {
 
 EVAL_METRICS: dict[str, str] = {
     "iteration": "iteration at which the evaluation ran (before that iteration's update)",
-    "split": "prompt split: test (in-domain held-out) or ood (never trained on)",
+    "split": "prompt split: test (in-domain held-out), ood or transfer (never trained on; embedded world)",
     "n_images": "images evaluated",
     "diversity": "mean pairwise RMS distance among samples of one prompt",
     "{metric}": "world- or reward-specific metric (see flowdppo.world.evaluate_images / the reward names)",

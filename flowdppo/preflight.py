@@ -31,7 +31,7 @@ def check_inputs(cfg: Config) -> None:
 
 def _check_prompts(cfg: Config):
     """The training prompts (None for the embedded world's, which carry layouts by construction)."""
-    if cfg.prompts == "embedded":
+    if cfg.prompts in ("embedded", "embedded_v1"):
         return None
     from .prompts import load_prompt_splits
     path = Path(cfg.prompts)

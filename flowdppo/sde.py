@@ -166,7 +166,12 @@ def log_ratio(x_next: Tensor, mean: Tensor, old_mean: Tensor, std: Tensor,
         residual_diff = residual_diff / (2.0 * std.to(mean.dtype) ** 2)
     elif scale != "unnormalized":
         raise ValueError(f"unknown log-prob scale {scale!r}; choose one of {LOGP_SCALES}")
-    flat = residual_diff.flatten(1)
+    return reduce_dims(residual_diff, reduction)
+
+
+def reduce_dims(values: Tensor, reduction: str) -> Tensor:
+    """[B, *latent] → [B]: the sum over latent dims ("sum") or their mean ("per_dim")."""
+    flat = values.flatten(1)
     if reduction == "sum":
         return flat.sum(1)
     if reduction == "per_dim":

@@ -76,9 +76,9 @@ def build_components(cfg: Config) -> Components:
             offload_text_encoders=cfg.offload_text_encoders,
             encode_batch_size=1)  # one prompt per text-encoder call: embeddings independent of batch mates
         evaluate, marks, boxes = None, None, None
-    if cfg.prompts == "embedded":
+    if cfg.prompts in ("embedded", "embedded_v1"):
         from . import world
-        splits = world.prompt_splits()
+        splits = world.prompt_splits(version=1 if cfg.prompts == "embedded_v1" else 2)
     else:
         from .prompts import load_prompt_splits
         splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
@@ -307,18 +307,19 @@ def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run
              eval_log: JsonlLog, *, write: bool = True) -> dict[str, dict[str, float]]:
     """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
     write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
-    from .evaluation import evaluate_split, save_before_after, save_grid
+    from .evaluation import EVAL_SPLITS, evaluate_split, save_before_after, save_grid
     roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
     results = {}
-    for split in ("test", "ood"):
+    for split in EVAL_SPLITS:
         items = cfg.eval_items(comps.splits.get(split, []))
         if not items:
             continue
+        per, n_grid = cfg.eval_samples(split), 8
         with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
-            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split")
+            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split",
+                                             per=per)
         if write:
             eval_log.append({"iteration": iteration, "split": split, **metrics})
-            per, n_grid = cfg.eval_samples_per_prompt, 8
             grid_images = images[: n_grid * per]
             marks = comps.cell_marks(grid_images, [it for it in items[:n_grid] for _ in range(per)]) \
                 if comps.cell_marks is not None else None

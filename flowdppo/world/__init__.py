@@ -3,26 +3,24 @@
 Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  Every prompt fixes one layout
 (the digit or emptiness of each cell), and the rewards score each cell as one atom.
 
-  in-domain (RL train / held-out test): distinct digits placed ONLY by relations to each other —
-      half with three digits in an L (2 relations, the fourth cell must stay empty):
-          "a 7 right of a 3, and a 1 below the 3"
-      half with four digits (a chain of 3 relations around the square):
-          "a 3 left of a 7, the 7 above a 1, and the 1 right of a 4"
-      No clause fixes a cell on its own: the model must combine relations and resolve "the 3".
-      8 wordings per layout; train and test use disjoint layouts (test = unseen combinations).
-  out-of-domain (never seen by RL): full 4-digit grids in another wording, "top row 3 and 7, bottom
-      row 1 and 8" — a forgetting probe, as the PickScore prompts are for GenEval2 training.
-  pretraining also sees 1–4 digit "place" prompts ("a 3 top left and an 8 bottom right").
+  train / test (in-domain, version 2): four distinct digits placed ONLY by a chain of three relations
+      around the square, "a 3 left of a 7, the 7 above a 1, and the 1 right of a 4" (8 wordings per
+      layout); 128 training layouts, 64 held-out layouts (unseen combinations of seen atoms).
+  transfer (never trained): three digits in an L, "a 7 right of a 3, and a 1 below the 3" — the fourth
+      cell must stay empty.  Does what RL learns on chains carry over to another relational family?
+  ood (never trained): full grids in another wording, "top row 3 and 7, bottom row 1 and 8" — a
+      forgetting probe, as the PickScore prompts are for GenEval2 training.
+  pretraining also sees 1–4 digit "place" prompts ("a 3 top left and an 8 bottom right"), row prompts,
+      and relation prompts of other layouts (no wording of a train / test / transfer layout).
 
-Why this difficulty: with place wording ("a 3 top left, a 7 top right and a 1 bottom left") the same
-0.63 M-param model reached 96 % layout accuracy after 3000 steps — saturated like the probe's
-two-digit strip — and with 3-digit relations alone 67 % after 4000 steps.  Relation chains make the
-base draw recognisable digits in the wrong cells (or in the empty cell) — the failure GenEval2's
-position atoms catch — while staying learnable.
+The base (`world_base`) is an early checkpoint — step 2000 of a 4000-step schedule — so the in-domain
+and transfer families start mid-way (held-out accuracy ≈ 0.5 and ≈ 0.3) and RL has room to learn.
+`prompt_splits(version=1)` and the `world_base_v1` checkpoint are the first world (3- and 4-digit
+relation prompts trained together), on which the committed paper_runs/ were made.
 
 Public API (used by the trainer):
     load_policy(checkpoint=None, lora_rank=0, lora_alpha=None, device="cpu") -> TinyFlowPolicy
-    prompt_splits(seed=0) -> {"train", "test", "ood"} → list[PromptItem] (meta["layout"] = the cells)
+    prompt_splits(seed=0, version=2) -> {"train", "test", "ood", "transfer"} → list[PromptItem]
     make_reward(name) -> Reward            names: "tifa", "agreement", "realism", "ink"
     evaluate_images(images, items, group_size) -> dict[str, float]
     cell_correct(images, items) -> [B, 4] bool    per-cell right/wrong (the sample grids' marks); CELL_BOXES

@@ -15,6 +15,7 @@ Splits of sklearn's 1797 digit images (seeded permutation, fixed forever):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import random
@@ -238,12 +239,34 @@ def _splits(seed: int) -> dict[str, tuple[PromptItem, ...]]:
             "ood": tuple(make_item(l, "rows", "ood") for l in four)}
 
 
-def prompt_splits(seed: int = 0) -> dict[str, list[PromptItem]]:
-    """{"train", "test", "ood"} → prompt items (disjoint, deterministic in `seed`).
+WORLD_VERSIONS = (1, 2)
+WORLD_VERSION = 2
+EVAL_SPLITS = ("test", "ood", "transfer")   # evaluated splits, in this order (those a version has)
 
-    train/test: in-domain relation prompts (half 3-digit, half 4-digit) on disjoint layouts
-    (test = held-out combinations); ood: 4-digit full grids in the row template."""
-    return {k: list(v) for k, v in _splits(seed).items()}
+
+def prompt_splits(seed: int = 0, version: int = WORLD_VERSION) -> dict[str, list[PromptItem]]:
+    """The world's prompt splits (disjoint, deterministic in `seed`).
+
+    version 2 (the default):
+      train     128 four-digit relation chains — the RL prompts;
+      test       64 held-out four-digit chains (unseen layouts) — the held-out in-domain family;
+      ood       128 full grids in the row template — never trained (forgetting probe);
+      transfer  192 three-digit L shapes in the relation template — never trained: does what RL learns on
+                chains transfer to another relational family?  (Trained directly, L shapes do not
+                generalise to held-out L layouts here: their implied empty cell is placed by memorising
+                layouts — README, "The embedded default world".)
+    version 1 (the first world; the committed paper_runs/): train 256 / test 128 relation prompts, half
+      3-digit, half 4-digit, and ood.
+    Both versions draw from the same layouts, so one pretraining exclusion serves both."""
+    if version not in WORLD_VERSIONS:
+        raise ValueError(f"world version {version} unknown; choose one of {WORLD_VERSIONS}")
+    v1 = {k: list(v) for k, v in _splits(seed).items()}
+    if version == 1:
+        return v1
+    four = lambda items: [it for it in items if it.meta["num_digits"] == 4]    # noqa: E731
+    three = [it for it in v1["train"] + v1["test"] if it.meta["num_digits"] == 3]
+    return {"train": four(v1["train"]), "test": four(v1["test"]), "ood": v1["ood"],
+            "transfer": [dataclasses.replace(it, meta={**it.meta, "family": "transfer"}) for it in three]}
 
 
 def excluded_from_pretraining(seed: int = 0) -> set[str]:
