@@ -852,7 +852,12 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True) -> Ctx:
         fn()
     claim_list = claims_mod.all_claims(runs, reg)
     commit = git_commit()
-    write_readme(ctx, claim_list, commit, str(runs_root))
+    root = Path(__file__).resolve().parent.parent          # the repository: committed text names no machine path
+    try:
+        shown = Path(runs_root).resolve().relative_to(root).as_posix()
+    except ValueError:
+        shown = Path(runs_root).name
+    write_readme(ctx, claim_list, commit, shown)
     manifest = {"git_commit": commit, "runs_root": str(runs_root), "registry_runs": len(ids),
                 "runs_found": len(runs.runs), "missing": runs.missing, "damaged": runs.damaged,
                 "torn_lines": {r.run_id: r.torn_lines for r in runs.runs.values() if r.torn_lines},

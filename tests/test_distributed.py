@@ -157,7 +157,7 @@ def test_fsdp_full_finetune_matches_one_rank_and_resumes_across_world_sizes(tmp_
             assert abs(a[key] - b[key]) <= 1e-4 * abs(a[key]) + 1e-9, (key, a[key], b[key])
     e1, e2 = read_jsonl(one / "eval.jsonl"), read_jsonl(two / "eval.jsonl")
     assert [(r["iteration"], r["split"]) for r in e1] == [(r["iteration"], r["split"]) for r in e2]
-    assert len(e1) == 6   # iterations 0, 1, 2 × {test, ood}
+    assert len(e1) == 9   # iterations 0, 1, 2 × {test, ood, transfer}
     for a, b in zip(e1, e2):
         assert abs(a["tifa"] - b["tifa"]) <= 1e-4 * abs(a["tifa"]) + 1e-6
 
