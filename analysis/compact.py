@@ -32,6 +32,15 @@ RATIO_SIG_DIGITS = 9
 STORE_LIMIT_BYTES = 30 * 1024 * 1024
 
 
+def _repo_relative(path: Path) -> str:
+    """A path as committed artifacts hold it: relative to the repository, or its last part when outside."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _final_iteration(evals: list[dict]) -> Optional[int]:
     its = [int(e["iteration"]) for e in evals if "iteration" in e]
     return max(its) if its else None
@@ -64,7 +73,7 @@ def compact_run(src: Path, dst: Path) -> int:
             if p.exists():
                 shutil.copy2(p, tmp / "samples" / p.name)
     (tmp / "compaction.json").write_text(json.dumps({
-        "source": str(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
+        "source": _repo_relative(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
         "torn_lines_skipped": torn + torn_e, "torn_lines": {"metrics.jsonl": torn, "eval.jsonl": torn_e},
         "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
         "aggregation": "analysis.load_runs.aggregate_iterations (off-policy-step means)",

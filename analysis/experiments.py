@@ -21,7 +21,7 @@ FLUX latents D = 65,536):
     scaling"), and Fig. 3's sweep {δ_mid/10, δ_mid, 10·δ_mid} plays {1e-7, 1e-6, 1e-5} (one decade
     apart, the default in the middle, as in the paper).  Mapping by value instead would keep the
     published per-dim δ (a clip at ε_paper·√(65536/D) matches δ = ε²D/2 = the same per-dim number), but
-    at our scale δ ≤ 1e-5 reduces the mask to the plain sign rule (reference/toy_probe.md); claim C7
+    at our scale δ ≤ 1e-5 reduces the mask to the plain sign rule (measured in a probe of this world, README "Thresholds and units"); claim C7
     runs the published δ = 1e-7 by value next to δ_mid to show exactly that.
   * β ∈ {0, 1e-3, 1e-2} as in the paper, on our exact per-dim KL to the reference (the paper's
     x-based KL is not σ-normalised, so the numbers are not the same strength; see the report).

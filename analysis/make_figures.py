@@ -858,7 +858,7 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True) -> Ctx:
     except ValueError:
         shown = Path(runs_root).name
     write_readme(ctx, claim_list, commit, shown)
-    manifest = {"git_commit": commit, "runs_root": str(runs_root), "registry_runs": len(ids),
+    manifest = {"git_commit": commit, "runs_root": shown, "registry_runs": len(ids),
                 "runs_found": len(runs.runs), "missing": runs.missing, "damaged": runs.damaged,
                 "torn_lines": {r.run_id: r.torn_lines for r in runs.runs.values() if r.torn_lines},
                 "torn": {r.run_id: r.torn for r in runs.runs.values() if r.torn},

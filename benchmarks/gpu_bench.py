@@ -49,7 +49,7 @@ from flowdppo.rollout import rollout  # noqa: E402
 from flowdppo.runlog import atomic_write_json  # noqa: E402
 from flowdppo.trainer import minibatch_assignment, policy_loss_fn, split_micro, update_minibatch  # noqa: E402
 
-# SD3.5-medium transformer (reference/ecosystem.md); 2.24 B parameters.
+# SD3.5-medium transformer (its published diffusers config); 2.24 B parameters.
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
                    attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
                    caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,

@@ -3,7 +3,7 @@ saved as `config.json` in the run directory and a resume must match it.
 
 Thresholds are stated PER LATENT DIM (the published convention): δ on KL/D, and the run header records D.
 With per-dim-mean log-probs, sd(log r) ≈ √(2·KL_dim/D), so a clip at ε and a mask at δ ≈ ε²·D/2 select
-statistically similar samples (reference/toy_probe.md) — the logs carry both rules' counterfactual rates.
+statistically similar samples (README, "Thresholds and units") — the logs carry both rules' counterfactual rates.
 """
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ class Config:
     """Optimizer steps per epoch; the batch is split into this many minibatches."""
     micro_batch_size: int = 0
     """Samples per forward/backward inside a minibatch (0 = the whole minibatch). Rollout forwards use the
-    same geometry, so the first update after a rollout is exactly on-policy (anchors F6)."""
+    same geometry, so the first update after a rollout is exactly on-policy (docs/conventions.md and tests/test_trainer.py pin it)."""
 
     # --- evaluation, logging, checkpoints -------------------------------------------------------------
     eval_every: int = 20

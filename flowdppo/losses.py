@@ -19,7 +19,7 @@ The log-ratio log r (Eq. 6) comes from one of two sources (`_log_ratio`):
   * logp/old_logp given: log r = logp − old_logp, for callers that hold log-probs only.  In fp32 the
     O(1) terms of the two densities cancel only after the reduction (an error of 1e-8–1e-7 per dim).
 
-Equation numbers are the paper's (reference/paper.md).  Objective (Eq. 17), maximised:
+Equation numbers are the paper's (arXiv 2606.11025).  Objective (Eq. 17), maximised:
   E[ M·r·Â − β·KL(π_θ‖π_ref) ];  here we return −M·r·Â per sample and add β·KL in `kl_to_reference`.
 """
 from __future__ import annotations
