@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from flowdppo.errors import CorruptLogError
+from flowdppo.metrics import reduction
 from flowdppo.runlog import parse_jsonl
 
 ROLLOUT_PREFIXES = ("reward/", "ref_kl_")
@@ -105,9 +106,9 @@ def aggregate_iterations(records: list[dict[str, Any]]) -> pd.DataFrame:
             vals = np.array([f[k] for f in flat if f.get(k) is not None], dtype=float)
             if vals.size == 0:
                 row[k] = np.nan
-            elif k.endswith("_max"):
+            elif reduction(k) == "max":
                 row[k] = float(vals.max())
-            elif k.endswith("_min"):
+            elif reduction(k) == "min":
                 row[k] = float(vals.min())
             else:
                 row[k] = float(vals.mean())

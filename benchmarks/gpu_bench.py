@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))   # _tiny_pipelines: tiny builders and o
 
 from flowdppo.config import make_config  # noqa: E402
 from flowdppo.dist import DistInfo  # noqa: E402
-from flowdppo.policy.diffusers_policy import load_diffusers_policy, policy_from_pipeline  # noqa: E402
+from flowdppo.policy.pipelines import load_diffusers_policy, policy_from_pipeline  # noqa: E402
 from flowdppo.prompts import PromptItem  # noqa: E402
 from flowdppo.rollout import rollout  # noqa: E402
 from flowdppo.runlog import atomic_write_json  # noqa: E402

@@ -13,10 +13,13 @@ rewards.  Conventions are explicit arguments (anchors F8):
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .config import Config
 
 StdScope = Literal["group", "global"]
 StdEstimator = Literal["population", "bessel"]
@@ -99,3 +102,19 @@ def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = Non
     summed = (per_reward * w).sum(dim=2)
     return _clip((summed - _mean(summed)) / _scale(summed.std(unbiased=False), summed.numel(), std_estimator, eps),
                  clip)
+
+
+def advantages_for(cfg: "Config", rewards_global: Tensor) -> Tensor:
+    """The configured advantages: rewards [B_global, K] in prompt-major order (P prompts × G samples) →
+    advantages [B_global].  GDPO normalises each reward, then weights (Eq. 5 per reward); the group rule weights
+    the raw rewards first (config.reward_weights; equal weights when unset), then normalises (Eq. 5)."""
+    r = rewards_global.reshape(cfg.prompts_per_iter, cfg.group_size, -1).double()
+    if cfg.advantage == "gdpo":
+        adv = gdpo_advantages(r, weights=cfg.reward_weights, eps=cfg.adv_eps, clip=cfg.adv_clip,
+                              std_estimator=cfg.adv_std)
+    else:
+        w = torch.ones(r.shape[2], dtype=r.dtype) if cfg.reward_weights is None else \
+            torch.tensor(cfg.reward_weights, dtype=r.dtype)
+        adv = group_advantages((r * w).sum(2), std_scope=cfg.std_scope, eps=cfg.adv_eps, clip=cfg.adv_clip,
+                               std_estimator=cfg.adv_std)
+    return adv.reshape(-1).float()

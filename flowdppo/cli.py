@@ -5,7 +5,7 @@
     flowdppo train --resume RUN_DIR --restart           train a run without a checkpoint again from iteration 0
                                                         (its logs are moved to RUN_DIR/replaced-<time>/ first)
     flowdppo pretrain [--out FILE] [--recipe NAME]      rebuild a shipped base model deterministically
-    flowdppo eval RUN_DIR [--iteration-tag TAG]         evaluate a run's latest checkpoint (pinned regime)
+    flowdppo eval RUN_DIR [key=value ...]              evaluate a run's latest checkpoint (pinned regime)
 
 An error the user can fix (flowdppo.errors.FlowDPPOError, ValueError) is printed as one line,
 `flowdppo: error: <what>. Fix: <how>`, with exit code 2; such errors are raised before anything is written.
@@ -108,10 +108,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .config import make_config
     from .errors import RunDirError
-    from .evaluation import evaluate_split
+    from .assembly import build_components
+    from .evaluation import evaluate
     from .preflight import check_inputs
     from .rundir import read_checkpoint
-    from .trainer import build_components
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").is_file():
         raise RunDirError(f"eval {run_dir}: not a run directory (no config.json there; working directory "
@@ -130,12 +130,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"loaded {ckpt} (iteration {state['iteration']})")
     else:
         print(f"no checkpoint in {run_dir}: evaluating the base model")
-    from .evaluation import EVAL_SPLITS
-    for split in EVAL_SPLITS:
-        items = cfg.eval_items(comps.splits.get(split, []))
-        if items:
-            metrics, _ = evaluate_split(comps.policy, comps, cfg, items, per=cfg.eval_samples(split))
-            print(split, json.dumps(metrics))
+    iteration = state["iteration"] if state is not None else 0
+    for split, metrics in evaluate(comps.policy, comps, cfg, iteration, run_dir, None, write=False).items():
+        print(split, json.dumps(metrics))
     return 0
 
 

@@ -108,15 +108,17 @@ def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
 
 
 def reduce_stats(stats: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
-    """Mean over ranks, except *_max (max) and *_min (min)."""
+    """Over ranks, by each key's reduction (flowdppo.metrics.reduction): mean, or max / min for extremes."""
     if not info.enabled:
         return stats
+    from .metrics import reduction
     out = {}
     for k, v in stats.items():
         v = v.detach().clone().float()
-        if k.endswith("_max"):
+        how = reduction(k)
+        if how == "max":
             td.all_reduce(v, op=td.ReduceOp.MAX)
-        elif k.endswith("_min"):
+        elif how == "min":
             td.all_reduce(v, op=td.ReduceOp.MIN)
         else:
             td.all_reduce(v, op=td.ReduceOp.SUM)

@@ -117,3 +117,16 @@ def tv_threshold_from_kl(delta_kl: float) -> float:
     if delta_kl < 0:
         raise ValueError(f"delta_kl must be >= 0, got {delta_kl}")
     return float(tv_from_kl(torch.tensor(delta_kl, dtype=torch.float64)))
+
+
+def delta_per_dim(delta: float, kl_reduction: str, latent_dim: int) -> float:
+    """A threshold δ stated in `kl_reduction` units as a per-dim KL: δ itself for "per_dim", δ / D for "sum"
+    (Eq. 14 summed over the D latent dims)."""
+    return delta if kl_reduction == "per_dim" else delta / latent_dim
+
+
+def matched_clip_eps(delta_per_dim: float, latent_dim: int) -> float:
+    """The clip ε that selects like the KL mask at a per-dim δ: for per-dim log-probs the ratio's noise under
+    π_old is sd(log r) ≈ √(2·KL_per_dim/D) (Eq. 13 with Eq. 14), so the clip fires at |log r| > ε about where the
+    mask fires at KL_per_dim > δ when ε = √(2δ/D)."""
+    return (2 * delta_per_dim / latent_dim) ** 0.5

@@ -13,14 +13,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import dist
 from .nonfinite import check_evaluation
 from .policy.base import cond_repeat
 from .prompts import PromptItem
+from .assembly import sigma_grid
 from .rollout import derive_seed, sample_ode
 
 if TYPE_CHECKING:
+    from .assembly import Components
     from .config import Config
-    from .trainer import Components
 
 
 def eval_generators(seed: int, n_prompts: int, per_prompt: int) -> list[torch.Generator]:
@@ -48,7 +50,6 @@ def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[Promp
     Non-finite samples raise DivergenceError (`where` names the evaluation) before any metric is computed."""
     per = per or cfg.eval_samples_per_prompt
     cond = cond_repeat(policy.encode_prompts([it.text for it in items]), per)
-    from .trainer import sigma_grid
     latents = sample_ode(policy, cond, sigmas=sigma_grid(policy, cfg.eval_num_steps, cfg.shift, cfg.sigma_grid),
                          guidance_scale=cfg.eval_guidance_scale,
                          generators=eval_generators(cfg.eval_seed, len(items), per))
@@ -62,6 +63,32 @@ def evaluate_split(policy, comps: "Components", cfg: "Config", items: list[Promp
         metrics["diversity"] = within_prompt_diversity(images, per)
     metrics["n_images"] = int(images.shape[0])
     return metrics, images
+
+
+def evaluate(policy, comps: "Components", cfg: "Config", iteration: int, run_dir: Path,
+             eval_log, *, write: bool = True) -> dict[str, dict[str, float]]:
+    """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
+    write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
+    roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
+    results = {}
+    for split in EVAL_SPLITS:
+        items = cfg.eval_items(comps.splits.get(split, []))
+        if not items:
+            continue
+        per, n_grid = cfg.eval_samples(split), 8
+        with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
+            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split",
+                                             per=per)
+        if write:
+            eval_log.append({"iteration": iteration, "split": split, **metrics})
+            grid_images = images[: n_grid * per]
+            marks = comps.cell_marks(grid_images, [it for it in items[:n_grid] for _ in range(per)]) \
+                if comps.cell_marks is not None else None
+            save_grid(images, per, run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=n_grid,
+                      texts=[it.text for it in items[:n_grid]], marks=marks)
+            save_before_after(run_dir / "samples", split, iteration, comps.cell_boxes)
+        results[split] = metrics
+    return results
 
 
 GRID_PAD = 1      # pixels of white between grid images (before upscaling)

@@ -152,11 +152,11 @@ def flow_dppo(*, mean: Tensor, old_mean: Tensor, std: Tensor, advantages: Tensor
         logp=logp, old_logp=old_logp, sample=sample, mean=mean, old_mean=old_mean, std=std,
         advantages=advantages, delta=delta, kl_reduction=kl_reduction, logp_reduction=logp_reduction,
         logp_scale=logp_scale, kl_tie=kl_tie)
-    lr = log_ratio.detach()
-    blocked_pos = kl_exceeded & (advantages > 0) & (lr > 0)
-    blocked_neg = kl_exceeded & (advantages < 0) & (lr < 0)
+    log_r = log_ratio.detach()
+    blocked_pos = kl_exceeded & (advantages > 0) & (log_r > 0)
+    blocked_neg = kl_exceeded & (advantages < 0) & (log_r < 0)
     loss = _masked_surrogate(log_ratio, advantages, blocked_pos | blocked_neg)
-    stats = trust_region_stats(log_ratio=lr, mean=mean, old_mean=old_mean, std=std)
+    stats = trust_region_stats(log_ratio=log_r, mean=mean, old_mean=old_mean, std=std)
     stats.update(_mask_stats(kl_exceeded, blocked_pos, blocked_neg), ratio_clamped=clamped.float().mean())
     return loss, stats
 
@@ -173,11 +173,11 @@ def flow_dppo_symmetric(*, mean: Tensor, old_mean: Tensor, std: Tensor, advantag
         logp=logp, old_logp=old_logp, sample=sample, mean=mean, old_mean=old_mean, std=std,
         advantages=advantages, delta=delta, kl_reduction=kl_reduction, logp_reduction=logp_reduction,
         logp_scale=logp_scale, kl_tie=kl_tie)
-    lr = log_ratio.detach()
+    log_r = log_ratio.detach()
     blocked_pos = kl_exceeded & (advantages > 0)
     blocked_neg = kl_exceeded & ~(advantages > 0)
     loss = _masked_surrogate(log_ratio, advantages, kl_exceeded)
-    stats = trust_region_stats(log_ratio=lr, mean=mean, old_mean=old_mean, std=std)
+    stats = trust_region_stats(log_ratio=log_r, mean=mean, old_mean=old_mean, std=std)
     stats.update(_mask_stats(kl_exceeded, blocked_pos, blocked_neg), ratio_clamped=clamped.float().mean())
     return loss, stats
 
@@ -201,11 +201,11 @@ def flow_dppo_predictive(*, mean: Tensor, old_mean: Tensor, std: Tensor, advanta
         logp=logp, old_logp=old_logp, sample=sample, mean=mean, old_mean=old_mean, std=std,
         advantages=advantages, delta=delta, kl_reduction=kl_reduction, logp_reduction=logp_reduction,
         kl_tie=kl_tie)
-    lr = log_ratio.detach()
+    log_r = log_ratio.detach()
     with torch.no_grad():
         if step_size is None:
             d_same = gaussian_kl(old_mean, mean.detach(), std, logp_reduction)
-            blocked = kl_exceeded & (advantages * (lr - d_same) > 0)
+            blocked = kl_exceeded & (advantages * (log_r - d_same) > 0)
         else:
             if sample is None:
                 raise ValueError("flow_dppo_predictive with step_size needs `sample` (the action x_next)")
@@ -214,7 +214,7 @@ def flow_dppo_predictive(*, mean: Tensor, old_mean: Tensor, std: Tensor, advanta
             # ∇_μ(Â·r) = Â·r·(x − μ)/σ² for the summed log-prob; per-dim log-probs divide it by D.
             n_dims = mean[0].numel() if logp_reduction == "per_dim" else 1
             g = (sample.to(mean.dtype) - mean.detach())
-            scale = (advantages * lr.exp() / n_dims).reshape(-1, *([1] * (mean.ndim - 1)))
+            scale = (advantages * log_r.exp() / n_dims).reshape(-1, *([1] * (mean.ndim - 1)))
             mean_new = mean.detach() + step_size * scale * g / std**2
             blocked = _exceeds(gaussian_kl(old_mean, mean_new, std, kl_reduction), delta, kl_tie)
         # accounting by the sign of Â.  The full predictive mask can block a sample whose current KL is
@@ -222,7 +222,7 @@ def flow_dppo_predictive(*, mean: Tensor, old_mean: Tensor, std: Tensor, advanta
         blocked_pos = blocked & (advantages > 0)
         blocked_neg = blocked & ~(advantages > 0)
     loss = _masked_surrogate(log_ratio, advantages, blocked)
-    stats = trust_region_stats(log_ratio=lr, mean=mean, old_mean=old_mean, std=std)
+    stats = trust_region_stats(log_ratio=log_r, mean=mean, old_mean=old_mean, std=std)
     stats.update(_mask_stats(kl_exceeded, blocked_pos, blocked_neg), ratio_clamped=clamped.float().mean())
     return loss, stats
 
@@ -240,8 +240,8 @@ def flow_grpo_clip(*, mean: Tensor, old_mean: Tensor, std: Tensor, advantages: T
                                     reduction=logp_reduction, scale=logp_scale)
     r = log_ratio.exp()
     loss = torch.maximum(-advantages * r, -advantages * r.clamp(1.0 - clip_range, 1.0 + clip_range))
-    lr = log_ratio.detach()
-    stats = trust_region_stats(log_ratio=lr, mean=mean, old_mean=old_mean, std=std)
+    log_r = log_ratio.detach()
+    stats = trust_region_stats(log_ratio=log_r, mean=mean, old_mean=old_mean, std=std)
     rd = r.detach()
     stats.update(clip_frac=((rd - 1.0).abs() > clip_range).float().mean(),
                  clip_frac_gradient=(((rd > 1 + clip_range) & (advantages > 0)) |

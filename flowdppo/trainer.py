@@ -8,15 +8,15 @@ One iteration:
   4. num_inner_epochs × num_minibatches optimizer steps with the anchor frozen; gradients accumulate over
      micro-batches and trained steps; all-reduce; clip; AdamW;
   5. evaluate / checkpoint on schedule.
+
+Assembly (components, σ grid, loss, parallel layout) is flowdppo.assembly; the per-step statistics are
+flowdppo.diagnostics; the pinned evaluation is flowdppo.evaluation; the log's keys are flowdppo.metrics.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,88 +24,25 @@ import torch
 from torch import Tensor
 
 from . import dist, losses, nonfinite, onpolicy, preflight, rundir, sde
-from .advantages import gdpo_advantages, group_advantages
+from .advantages import advantages_for
+from .assembly import (Components, build_components, policy_loss_fn, progress_bar, setup_parallel,  # noqa: F401
+                       sigma_grid, tensorboard_write, tensorboard_writer)
 from .config import Config
-from .errors import ConfigError
-from .divergence import gaussian_kl
+from .diagnostics import StatAccumulator, reward_stats, step_statistics
+from .divergence import delta_per_dim, gaussian_kl, matched_clip_eps
+from .evaluation import evaluate
 from .policy.base import Policy, sigma_batch
-from .prompts import PromptItem
-from .rewards.base import Reward, check_scores
+from .rewards.base import score
 from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
 from .runlog import JsonlLog, atomic_write_json, git_commit, read_jsonl, versions
 
 # Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
 _PROMPTS, _SDE_IDX, _NOISE, _SHUFFLE = 1, 2, 3, 4
-_QUANTILES = tuple(p / 100 for p in (50, 90, 99))  # logged quantiles of KL_old and |log r|
-# Per-step stats kept in the log's "per_step" block (the full set is averaged over steps at top level).
-_PER_STEP_KEYS = ("kl_per_dim_mean", "ratio_mean", "log_ratio_abs_mean", "kl_exceeded", "blocked_pos",
-                  "blocked_neg", "kept", "clip_frac")
-
-
-@dataclass
-class Components:
-    """What a run trains and scores: the policy, prompt splits ("train", "test", "ood") and rewards."""
-    policy: Policy
-    splits: dict[str, list[PromptItem]]
-    rewards: dict[str, Reward]
-    log_rewards: Optional[dict[str, Reward]] = None          # scored for the logs only (weight 0)
-    evaluate_images: Optional[Callable[..., dict[str, float]]] = None  # (images, items, group_size) -> metrics
-    cell_marks: Optional[Callable[..., Tensor]] = None        # (images, items) -> [B, n_cells] bool right/wrong
-    cell_boxes: Optional[Sequence[tuple[int, int, int, int]]] = None  # (y0, y1, x0, x1) of each marked cell
 
 
 # ----------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------
-def build_components(cfg: Config) -> Components:
-    """The embedded world, or a diffusers pipeline with the registry's rewards."""
-    from .rewards.registry import make_reward
-    if cfg.model == "embedded":
-        from . import world
-        policy = world.load_policy(checkpoint=cfg.checkpoint or None, lora_rank=cfg.lora_rank,
-                                   lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, device=cfg.device)
-        evaluate = world.evaluate_images
-        marks, boxes = world.cell_correct, world.CELL_BOXES
-    else:
-        from .policy.diffusers_policy import load_diffusers_policy
-        policy = load_diffusers_policy(
-            cfg.model, family=cfg.model_family, resolution=cfg.resolution, lora_rank=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, full_finetune=cfg.lora_rank == 0, dtype=cfg.dtype,
-            device=cfg.device, gradient_checkpointing=cfg.gradient_checkpointing,
-            disable_cudnn_attention=cfg.disable_cudnn_attention, compile=cfg.compile,
-            offload_text_encoders=cfg.offload_text_encoders,
-            encode_batch_size=1)  # one prompt per text-encoder call: embeddings independent of batch mates
-        evaluate, marks, boxes = None, None, None
-    if cfg.prompts in ("embedded", "embedded_v1"):
-        from . import world
-        splits = world.prompt_splits(version=1 if cfg.prompts == "embedded_v1" else 2)
-    else:
-        from .prompts import load_prompt_splits
-        splits = load_prompt_splits(cfg.prompts, seed=cfg.seed)
-    def build(name: str) -> Reward:
-        kwargs = cfg.reward_kwargs.get(name, {})
-        try:
-            return make_reward(name, **kwargs)
-        except TypeError as err:   # an argument the reward's constructor does not take
-            raise ConfigError(f"config.reward_kwargs.{name}: {kwargs} does not fit reward {name!r} ({err}). Fix: "
-                              f"see its constructor in flowdppo.rewards.registry's table") from None
-
-    rewards = {name: build(name) for name in cfg.rewards}
-    log_rewards = {name: build(name) for name in cfg.log_rewards}
-    return Components(policy=policy, splits=splits, rewards=rewards, log_rewards=log_rewards,
-                      evaluate_images=evaluate, cell_marks=marks, cell_boxes=boxes)
-
-
-def sigma_grid(policy: Policy, num_steps: int, shift: float, grid: str = "pipeline") -> Tensor:
-    """The σ grid [1, …, 0] (num_steps + 1 points): the policy's own scheduler grid when it has one
-    (diffusers pipelines: SD3's static shift, FLUX's resolution-dependent shift; `grid` = config.sigma_grid),
-    else `shifted_sigmas`, which is the official shift(linspace(1, 1/K, K)) grid already."""
-    own = getattr(policy, "sigma_schedule", None)
-    if own is None:
-        return sde.shifted_sigmas(num_steps, shift)
-    return own(num_steps) if grid == "pipeline" else own(num_steps, grid=grid)
-
-
 def minibatch_assignment(n_local: int, num_minibatches: int, *, seed: int, iteration: int, epoch: int,
                          first_global: int) -> list[list[int]]:
     """Split this rank's rows into balanced minibatches, identically for any world size.
@@ -133,67 +70,6 @@ def split_micro(rows: Sequence[int], micro: int) -> list[list[int]]:
     return [list(rows[i:i + micro]) for i in range(0, len(rows), micro)]
 
 
-def score(rewards: dict[str, Reward], images: Tensor, items: list[PromptItem]) -> Tensor:
-    """[B, K] finite rewards (NaN/inf raise, naming the reward)."""
-    cols = [check_scores(name, fn(images, items), len(items)) for name, fn in rewards.items()]
-    return torch.stack(cols, dim=1)
-
-
-def compute_advantages(cfg: Config, rewards_global: Tensor) -> Tensor:
-    """rewards [B_global, K] in prompt-major order → advantages [B_global]."""
-    r = rewards_global.reshape(cfg.prompts_per_iter, cfg.group_size, -1).double()
-    if cfg.advantage == "gdpo":
-        adv = gdpo_advantages(r, weights=cfg.reward_weights, eps=cfg.adv_eps, clip=cfg.adv_clip,
-                              std_estimator=cfg.adv_std)
-    else:
-        w = torch.ones(r.shape[2], dtype=r.dtype) if cfg.reward_weights is None else \
-            torch.tensor(cfg.reward_weights, dtype=r.dtype)
-        adv = group_advantages((r * w).sum(2), std_scope=cfg.std_scope, eps=cfg.adv_eps, clip=cfg.adv_clip,
-                               std_estimator=cfg.adv_std)
-    return adv.reshape(-1).float()
-
-
-def policy_loss_fn(cfg: Config):
-    """The configured loss from the table, with its hyperparameters bound."""
-    fn = losses.POLICY_LOSSES[cfg.loss]
-    if cfg.loss.startswith("flow_dppo"):
-        kw = dict(delta=cfg.delta, kl_reduction=cfg.kl_reduction, logp_reduction=cfg.logp_reduction,
-                  kl_tie=cfg.kl_tie)
-        if cfg.loss == "flow_dppo_predictive":
-            kw["step_size"] = cfg.predictive_step_size
-    elif cfg.loss == "no_trust_region":
-        kw = dict(logp_reduction=cfg.logp_reduction)
-    else:
-        kw = dict(clip_range=cfg.clip_range, logp_reduction=cfg.logp_reduction)
-    if cfg.loss in ("flow_dppo", "flow_dppo_symmetric", "flow_grpo", "no_trust_region"):   # CPS-scale choice
-        kw["logp_scale"] = cfg.logp_scale
-    return functools.partial(fn, **kw)
-
-
-class _StatAccumulator:
-    """Sample-weighted means of 0-d stats; max/min for *_max/*_min keys."""
-
-    def __init__(self):
-        self.sums: dict[str, Tensor] = {}
-        self.weights: dict[str, float] = {}
-
-    def add(self, stats: dict[str, Tensor], weight: float) -> None:
-        for k, v in stats.items():
-            v = v.detach().float()
-            if k.endswith("_max"):
-                self.sums[k] = torch.maximum(self.sums[k], v) if k in self.sums else v
-                self.weights[k] = 1.0
-            elif k.endswith("_min"):
-                self.sums[k] = torch.minimum(self.sums[k], v) if k in self.sums else v
-                self.weights[k] = 1.0
-            else:
-                self.sums[k] = self.sums.get(k, 0.0) + v * weight
-                self.weights[k] = self.weights.get(k, 0.0) + weight
-
-    def result(self) -> dict[str, Tensor]:
-        return {k: (v if k.endswith(("_max", "_min")) else v / self.weights[k]) for k, v in self.sums.items()}
-
-
 def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Tensor, cfg: Config,
                      loss_fn, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                      info: dist.DistInfo, where: str = "this step") -> dict:
@@ -202,9 +78,9 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     optimizer.zero_grad(set_to_none=True)
     t_count = len(traj.sde_indices)
     denom = len(rows) * t_count  # loss = mean over (samples, trained steps), whatever the micro split
-    total = _StatAccumulator()
-    per_step = [_StatAccumulator() for _ in range(t_count)]
-    lr_all, kl_all, adv_all = [[] for _ in range(t_count)], [[] for _ in range(t_count)], [[] for _ in range(t_count)]
+    total = StatAccumulator()
+    per_step = [StatAccumulator() for _ in range(t_count)]
+    log_ratio_all, kl_all, adv_all = ([[] for _ in range(t_count)] for _ in range(3))
     loss_sum = torch.zeros(()); pol_sum = torch.zeros(()); ref_sum = torch.zeros(())
     for micro in split_micro(rows, cfg.micro_size):
         idx = torch.as_tensor(micro, dtype=torch.long, device=traj.x.device)
@@ -230,7 +106,7 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
             total.add(stats, len(micro))
             per_step[t].add(stats, len(micro))
             with torch.no_grad():
-                lr_all[t].append(sde.log_ratio(x_next, st.mean.detach(), old_mean, st.std, "per_dim"))
+                log_ratio_all[t].append(sde.log_ratio(x_next, st.mean.detach(), old_mean, st.std, "per_dim"))
                 kl_all[t].append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
                 adv_all[t].append(a)
     dist.average_gradients(params, info)
@@ -242,92 +118,17 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
     else:   # on_nonfinite=skip: weights and optimizer state stay as they were
         optimizer.zero_grad(set_to_none=True)
 
-    per_t = [(torch.cat(lr_all[t]), torch.cat(kl_all[t]), torch.cat(adv_all[t])) for t in range(t_count)]
-    log_ratio, kl_d, a = (torch.cat([p[i] for p in per_t]) for i in range(3))
-    stats = total.result()
-    stats.update({f"cf/{k}": v for k, v in losses.counterfactual_rates(
-        log_ratio=log_ratio, kl_per_dim=kl_d, advantages=a, clip_eps=cf_clip_grid(cfg, traj),
-        deltas=cf_delta_grid(cfg, traj)).items()})
-    for q in _QUANTILES:
-        stats[f"q/kl_old_per_dim@{q:g}"] = torch.quantile(kl_d.double(), q).float()
-        stats[f"q/abs_log_ratio_per_dim@{q:g}"] = torch.quantile(log_ratio.abs().double(), q).float()
-    stats.update(loss=loss_sum / denom, policy_loss=pol_sum / denom, grad_norm=grad_norm.detach(),
-                 abs_log_ratio_per_dim_max=log_ratio.abs().max())
+    samples = [(torch.cat(log_ratio_all[t]), torch.cat(kl_all[t]), torch.cat(adv_all[t])) for t in range(t_count)]
+    stats, step_block = step_statistics(cfg, traj, total, per_step, samples, info)
+    stats.update(loss=loss_sum / denom, policy_loss=pol_sum / denom, grad_norm=grad_norm.detach())
     if cfg.beta > 0:
         stats["kl_ref_loss"] = cfg.beta * ref_sum / denom
     stats = dist.reduce_stats(stats, info)
-    step_block = {}
-    for t, k in enumerate(traj.sde_indices):
-        ps = dist.reduce_stats(per_step[t].result(), info)
-        block = {key: float(ps[key]) for key in _PER_STEP_KEYS if key in ps}
-        lr_t, kl_t, a_t = per_t[t]
-        extra = {"sign_rule": ((a_t * lr_t) > 0).float().mean()}
-        for q in _QUANTILES[:2]:
-            extra[f"kl_old_per_dim@{q:g}"] = torch.quantile(kl_t.double(), q).float()
-            extra[f"abs_log_ratio_per_dim@{q:g}"] = torch.quantile(lr_t.abs().double(), q).float()
-        block.update({key: float(v) for key, v in dist.reduce_stats(extra, info).items()})
-        step_block[str(k)] = block
     out = {k: float(v) for k, v in stats.items()}
     out["per_step"] = step_block
     if cfg.on_nonfinite == "skip":
         out["nonfinite_skipped"] = float(not applied)
     return out
-
-
-def cf_clip_grid(cfg: Config, traj: Trajectory) -> tuple[float, ...]:
-    """Counterfactual ε grid: the fixed grid, this run's clip ε and the ε matched to its δ (√(2δ/D))."""
-    d = traj.x[0, 0].numel()
-    delta_dim = cfg.delta if cfg.kl_reduction == "per_dim" else cfg.delta / d
-    extra = (float(f"{cfg.clip_range:.2g}"), float(f"{(2 * delta_dim / d) ** 0.5:.2g}"))
-    return tuple(sorted(set(losses.CLIP_EPS_GRID) | set(extra)))
-
-
-def cf_delta_grid(cfg: Config, traj: Trajectory) -> tuple[float, ...]:
-    """Counterfactual per-dim δ grid: the fixed grid plus this run's δ."""
-    d = traj.x[0, 0].numel()
-    delta_dim = cfg.delta if cfg.kl_reduction == "per_dim" else cfg.delta / d
-    return tuple(sorted(set(losses.DELTA_GRID) | {float(f"{delta_dim:.2g}")}))
-
-
-def _reward_stats(cfg: Config, names: Sequence[str], rewards: Tensor, adv: Tensor) -> dict:
-    out = {}
-    for j, name in enumerate(names):
-        out[f"reward/{name}_mean"] = float(rewards[:, j].mean())
-        out[f"reward/{name}_std"] = float(rewards[:, j].std(unbiased=False))
-    grouped = rewards.reshape(cfg.prompts_per_iter, cfg.group_size, -1)
-    out["reward/zero_std_groups"] = float((grouped.std(dim=1, unbiased=False) < 1e-12).all(-1).float().mean())
-    out["adv_abs_mean"] = float(adv.abs().mean())
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------
-def evaluate(policy: Policy, comps: Components, cfg: Config, iteration: int, run_dir: Path,
-             eval_log: JsonlLog, *, write: bool = True) -> dict[str, dict[str, float]]:
-    """The pinned regime: ODE, eval_num_steps, eval_guidance_scale, fixed per-sample seeds.
-    write=False: compute only (FSDP ranks other than 0 take part in the sharded forwards)."""
-    from .evaluation import EVAL_SPLITS, evaluate_split, save_before_after, save_grid
-    roots = [m for m in policy.fsdp_roots() if m is not None] if hasattr(policy, "fsdp_roots") else []
-    results = {}
-    for split in EVAL_SPLITS:
-        items = cfg.eval_items(comps.splits.get(split, []))
-        if not items:
-            continue
-        per, n_grid = cfg.eval_samples(split), 8
-        with dist.gathered_for_inference(roots, cfg.fsdp_gather_inference):
-            metrics, images = evaluate_split(policy, comps, cfg, items, where=f"iteration {iteration}, {split} split",
-                                             per=per)
-        if write:
-            eval_log.append({"iteration": iteration, "split": split, **metrics})
-            grid_images = images[: n_grid * per]
-            marks = comps.cell_marks(grid_images, [it for it in items[:n_grid] for _ in range(per)]) \
-                if comps.cell_marks is not None else None
-            save_grid(images, per, run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=n_grid,
-                      texts=[it.text for it in items[:n_grid]], marks=marks)
-            save_before_after(run_dir / "samples", split, iteration, comps.cell_boxes)
-        results[split] = metrics
-    return results
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -387,7 +188,7 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
     state = plan.state
     if state is not None:
         policy.load_trainable_state_dict(state["policy"])
-    info = _setup_parallel(cfg, policy, info)
+    info = setup_parallel(cfg, policy, info)
     fsdp_roots = [m for m in policy.fsdp_roots() if m is not None] if info.fsdp else []
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
@@ -414,9 +215,10 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
             "latent_dim": latent_dim, "latent_shape": list(policy.latent_shape), "git_commit": git_commit(),
             "versions": versions(), "world_size": info.world_size, "fsdp": info.fsdp, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "threshold_units": f"delta is per-{cfg.kl_reduction} KL; D = {latent_dim}",
-            "matched_clip_eps": (2 * cfg.delta / latent_dim) ** 0.5 if cfg.kl_reduction == "per_dim" else None})
+            "matched_clip_eps": matched_clip_eps(delta_per_dim(cfg.delta, cfg.kl_reduction, latent_dim), latent_dim)
+            if cfg.kl_reduction == "per_dim" else None})
     dist.barrier(info)
-    tb = _tensorboard(cfg, run_dir) if info.is_main else None
+    tb = tensorboard_writer(cfg, run_dir) if info.is_main else None
 
     # this rank's shard of each iteration's prompts / samples
     p_local = cfg.prompts_per_iter // info.world_size
@@ -425,7 +227,7 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
     global_rows = list(range(first_global, first_global + b_local))
 
     want_ref = cfg.beta > 0 or cfg.log_ref_kl
-    bar = _progress(cfg, info, start_iter)
+    bar = progress_bar(cfg, info, start_iter)
     # a finished run extended with more iterations already holds the evaluation at its last iteration
     # (decided on rank 0 and broadcast: under FSDP every rank must take the same evaluation branch)
     evaluated = dist.broadcast_object({r.get("iteration") for r in read_jsonl(eval_log.path)}
@@ -433,6 +235,7 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
     for it in range(start_iter, cfg.iterations):
         if cfg.eval_every and it % cfg.eval_every == 0 and (info.is_main or info.fsdp) and it not in evaluated:
             evaluate(policy, comps, cfg, it, run_dir, eval_log, write=info.is_main)
+        # --- 1. prompts and rollout ---------------------------------------------------------------
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, it, _PROMPTS))
         chosen = torch.randperm(len(train_items), generator=g)[: cfg.prompts_per_iter].tolist()
@@ -457,16 +260,17 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
                            ref_guidance_scale=cfg.ref_guidance_scale)
         nonfinite.check_rollout(cfg, traj.final, traj.old_logp_per_dim, info,
                                 where=f"iteration {it} (last checkpoint: {checkpointed})")
+        # --- 2. rewards and advantages -----------------------------------------------------------
         t1 = time.perf_counter()
         with torch.no_grad():
             images = policy.decode(traj.final)
             rewards_local = score(comps.rewards, images, items)
         rewards_all = dist.all_gather_cat(rewards_local, info)
-        adv_all = compute_advantages(cfg, rewards_all)
+        adv_all = advantages_for(cfg, rewards_all)
         adv = adv_all[first_global:first_global + b_local].to(traj.x.device)
         t2 = time.perf_counter()
         iter_fields = {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "sde_indices": sde_idx}
-        iter_fields.update(_reward_stats(cfg, list(comps.rewards), rewards_all, adv_all))
+        iter_fields.update(reward_stats(cfg, list(comps.rewards), rewards_all, adv_all))
         if comps.log_rewards:
             with torch.no_grad():
                 logged = dist.all_gather_cat(score(comps.log_rewards, images, items), info)
@@ -479,7 +283,7 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
             iter_fields["ref_kl_per_dim"] = float(dist.reduce_stats({"v": ref_kl.mean()}, info)["v"])
             iter_fields["ref_kl_sum"] = iter_fields["ref_kl_per_dim"] * latent_dim
 
-        update_time = 0.0
+        # --- 3. updates: inner epochs × minibatches, anchor frozen ---------------------------------
         for epoch in range(cfg.num_inner_epochs):
             mbs = epoch0 if epoch == 0 else minibatch_assignment(
                 b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=epoch, first_global=first_global)
@@ -493,13 +297,12 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
                     if info.is_main:
                         onpolicy.check(fields["abs_log_ratio_per_dim_max"], cfg.onpolicy_tolerance, iteration=it)
                 opt_step += 1
-                update_time += time.perf_counter() - ts
                 record = {"iteration": it, "epoch": epoch, "minibatch": j, "opt_step": opt_step,
                           "samples_seen": (it + 1) * cfg.batch_size, "lr": cfg.lr,
                           "time/step_s": time.perf_counter() - ts, **iter_fields, **fields}
                 if info.is_main:
                     metrics_log.append(record)
-                    _tb_write(tb, record, opt_step)
+                    tensorboard_write(tb, record, opt_step)
                 if on_step is not None:
                     on_step(opt_step, policy)
                 _fault_hook(opt_step)
@@ -507,6 +310,7 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
             bar.update(1)
             bar.set_postfix(reward=f"{iter_fields[f'reward/{next(iter(comps.rewards))}_mean']:.3f}",
                             kept=f"{fields.get('kept', float('nan')):.2f}", refresh=False)
+        # --- 4. evaluation and checkpoint --------------------------------------------------------
         last = it + 1 == cfg.iterations
         if last and cfg.eval_every and (info.is_main or info.fsdp):
             evaluate(policy, comps, cfg, it + 1, run_dir, eval_log, write=info.is_main)
@@ -528,39 +332,3 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
     if tb is not None:
         tb.close()
     return run_dir
-
-
-def _setup_parallel(cfg: Config, policy: Policy, info: dist.DistInfo) -> dist.DistInfo:
-    """Apply config.parallel: shard the policy's full-fine-tuning modules with FSDP2, or keep replicas."""
-    roots = [m for m in (policy.fsdp_roots() if hasattr(policy, "fsdp_roots") else []) if m is not None]
-    if cfg.parallel == "fsdp" and not roots:
-        raise ConfigError("config.parallel='fsdp' shards full fine-tuning, but this policy has no full-fine-tuning "
-                          "modules (LoRA, or a policy without fsdp_roots()). Fix: set lora_rank=0 for full "
-                          "fine-tuning, or parallel=replicate (LoRA adapters are small: replicas + all-reduce)")
-    if not info.enabled or cfg.parallel == "replicate" or not roots:
-        return info
-    for module in roots:
-        dist.fsdp_shard(module, dist.local_device(cfg.device))
-    return dataclasses.replace(info, fsdp=True)
-
-
-def _progress(cfg: Config, info: dist.DistInfo, start: int):
-    if not (cfg.progress and info.is_main):
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=cfg.iterations, initial=start, desc="flowdppo", unit="it", dynamic_ncols=True)
-
-
-def _tensorboard(cfg: Config, run_dir: Path):
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(run_dir / "tb"))
-
-
-def _tb_write(tb, record: dict, step: int) -> None:
-    if tb is None:
-        return
-    for k, v in record.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            tb.add_scalar(k, v, step)

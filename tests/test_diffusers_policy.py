@@ -13,7 +13,7 @@ import torch
 from _tiny_pipelines import TINY_RESOLUTION, build_tiny_flux, build_tiny_flux2_klein, build_tiny_sd3
 from flowdppo import sde
 from flowdppo.policy.base import Policy
-from flowdppo.policy.diffusers_policy import detect_family, load_diffusers_policy
+from flowdppo.policy.pipelines import detect_family, load_diffusers_policy
 
 torch.set_num_threads(1)
 FAMILIES = ("sd3", "flux", "flux2_klein")

@@ -5,6 +5,7 @@ Runs use the toy policy (tests/_toy.py); the CLI is driven in-process (flowdppo.
 components injected where a test needs a run to actually train."""
 from __future__ import annotations
 
+import json
 import functools
 import hashlib
 import os
@@ -310,11 +311,13 @@ def test_on_nonfinite_skip_drops_the_step_and_logs_it(tmp_path, monkeypatch):
     _poisoned_loss(monkeypatch, {5})
     run = tmp_path / "run"
     seen = {}
-    train(_cfg(run, "iterations=3", "on_nonfinite=skip"), components=toy_components(),
+    cfg = _cfg(run, "iterations=3", "on_nonfinite=skip")
+    train(cfg, components=toy_components(),
           on_step=lambda step, policy: seen.__setitem__(step, policy.trainable_state_dict()))
     recs = read_jsonl(run / "metrics.jsonl")
     assert [r["nonfinite_skipped"] for r in recs] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-    assert recs[2]["loss"] is None and not undocumented_step_keys(recs[2])
+    d = json.loads((run / "run.json").read_text())["latent_dim"]
+    assert recs[2]["loss"] is None and not undocumented_step_keys(recs[2], cfg, d)
     assert all(torch.equal(seen[3][k], seen[2][k]) for k in seen[2])
     assert not all(torch.equal(seen[4][k], seen[3][k]) for k in seen[3])
 

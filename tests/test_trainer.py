@@ -120,8 +120,9 @@ def test_smoke_run_every_loss(tmp_path, loss, kernel):
     train(cfg, components=toy_components())
     recs = read_jsonl(Path(cfg.run_dir) / "metrics.jsonl")
     assert len(recs) == 3 * 2 * 2
+    d = json.loads((Path(cfg.run_dir) / "run.json").read_text())["latent_dim"]
     for r in recs:
-        assert not undocumented_step_keys(r), undocumented_step_keys(r)
+        assert not undocumented_step_keys(r, cfg, d), undocumented_step_keys(r, cfg, d)
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
         if "blocked" in r:
             assert abs(r["blocked"] + r["kept"] - 1) < 1e-6

@@ -32,3 +32,9 @@ def check_scores(name: str, scores: Tensor, batch: int) -> Tensor:
         raise ValueError(f"reward {name!r} returned NaN/inf for {int(bad.sum())} of {batch} images "
                          f"(first at index {int(bad.nonzero()[0])}); fix the reward model or its inputs")
     return scores
+
+
+def score(rewards: dict[str, Reward], images: Tensor, items: list[PromptItem]) -> Tensor:
+    """[B, K] finite rewards (NaN/inf raise, naming the reward)."""
+    cols = [check_scores(name, fn(images, items), len(items)) for name, fn in rewards.items()]
+    return torch.stack(cols, dim=1)

@@ -24,7 +24,6 @@ client splits a batch into requests under the server's body limit.  Loopback add
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -279,30 +278,6 @@ def spawn_reward_server(reward: str, *, kwargs: Optional[dict] = None, port: int
     return RemoteReward(line.split()[1], name=None, process=proc)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    from .registry import make_reward
-    ap = argparse.ArgumentParser(description="Serve one flowdppo reward on a loopback HTTP port.")
-    ap.add_argument("--reward", required=True, help="a flowdppo.rewards.registry name (pickscore, jpeg, …)")
-    ap.add_argument("--kwargs", default="{}", help="JSON keyword arguments for make_reward")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0 = any free port (printed on stdout)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 2**20,
-                    help="largest request body accepted, MiB (clients split larger batches)")
-    ap.add_argument("--timeout", type=float, default=CONNECTION_TIMEOUT_S,
-                    help="seconds a connection may stall mid-request before it is dropped")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    server = RewardServer(make_reward(args.reward, **json.loads(args.kwargs)), host=args.host, port=args.port,
-                          max_body_bytes=int(args.max_body_mb * 2**20), timeout=args.timeout)
-    print(f"READY http://{server.host}:{server.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":      # `python -m flowdppo.rewards.service …`: the server (flowdppo.rewards.serve)
+    from .serve import main
     main()
