@@ -6,7 +6,7 @@ an iteration row is built by `aggregate_iterations`:
   * rollout-level fields (rewards, reference KL, rollout/reward times, sde_indices) are taken once;
   * trust-region statistics (ratio, KL_old, mask and clip fractions, cf/…, q/…, per_step.k.…) are the mean
     over the iteration's OFF-POLICY optimizer steps — every step but the first after the rollout, which
-    is exactly on-policy (r ≡ 1, KL ≡ 0, nothing masked; anchors F6) and would only dilute them by a
+    is exactly on-policy (r ≡ 1, KL ≡ 0, nothing masked; docs/failure_modes.md: on-policy identity) and would only dilute them by a
     factor that depends on the minibatch count; `_max` / `_min` keys take the max / min;
   * loss, policy_loss and grad_norm are means over ALL the iteration's steps; update time is their sum.
 The compact store (analysis/compact.py) saves exactly these rows, rounded, as iterations.csv, so a figure

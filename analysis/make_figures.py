@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from analysis import claims as claims_mod  # noqa: E402
 from analysis import experiments, plots, stats  # noqa: E402
 from analysis.experiments import RunSpec  # noqa: E402
 from analysis.load_runs import Run, RunSet, load_runs  # noqa: E402
+from flowdppo.runlog import git_commit, uncommitted_changes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIG5_DIGITIZED = Path(__file__).resolve().parent / "data" / "fig5_multiepoch_digitized.csv"
@@ -807,16 +807,6 @@ def write_readme(ctx: Ctx, claim_list: list[claims_mod.Claim], commit: str, runs
     (ctx.out / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "analysis"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty(analysis)" if dirty else "")
-    except Exception:
-        return "unknown"
-
-
 # ---------------------------------------------------------------------------------------------------
 def make_all(runs_root: Path, out: Path, verbose: bool = True) -> Ctx:
     t0 = time.perf_counter()
@@ -851,14 +841,17 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True) -> Ctx:
     for label, fn in steps:
         fn()
     claim_list = claims_mod.all_claims(runs, reg)
-    commit = git_commit()
+    commit, changes = git_commit(), uncommitted_changes()
+    if changes:
+        print(f"warning: {len(changes)} uncommitted file(s) under flowdppo/ and analysis/ ({', '.join(changes[:3])}…): "
+              "the outputs do not trace to commit " + commit[:10] + "; commit first, then regenerate", file=sys.stderr)
     root = Path(__file__).resolve().parent.parent          # the repository: committed text names no machine path
     try:
         shown = Path(runs_root).resolve().relative_to(root).as_posix()
     except ValueError:
         shown = Path(runs_root).name
     write_readme(ctx, claim_list, commit, shown)
-    manifest = {"git_commit": commit, "runs_root": shown, "registry_runs": len(ids),
+    manifest = {"git_commit": commit, "uncommitted_changes": changes, "runs_root": shown, "registry_runs": len(ids),
                 "runs_found": len(runs.runs), "missing": runs.missing, "damaged": runs.damaged,
                 "torn_lines": {r.run_id: r.torn_lines for r in runs.runs.values() if r.torn_lines},
                 "torn": {r.run_id: r.torn for r in runs.runs.values() if r.torn},

@@ -20,7 +20,7 @@ A/B runs interleaved, medians over --reps:
     python benchmarks/gpu_bench.py --out bench.json                 # on an H100/H200 (~5–10 min with compile)
     python benchmarks/gpu_bench.py --tiny --out /tmp/bench.json     # CPU smoke test of this script (~20 s)
 
---tiny swaps in the tiny in-code pipelines of tests/_tiny_pipelines (32 px, group 4) so the script's
+--tiny swaps in the tiny in-code pipelines of flowdppo/testing/tiny_pipelines (32 px, group 4) so the script's
 every path executes on a CPU; its numbers are not meaningful.
 """
 from __future__ import annotations
@@ -39,7 +39,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))   # _tiny_pipelines: tiny builders and offline tokenizers
 
 from flowdppo.config import make_config  # noqa: E402
 from flowdppo.dist import DistInfo  # noqa: E402
@@ -145,7 +144,7 @@ def _on_device_bf16(build, device):
 
 def build_sd35_medium(device):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from _tiny_pipelines import tiny_clip_tokenizer, tiny_t5_tokenizer
+    from flowdppo.testing.tiny_pipelines import tiny_clip_tokenizer, tiny_t5_tokenizer
     tok, tok2, tok3 = tiny_clip_tokenizer(), tiny_clip_tokenizer(), tiny_t5_tokenizer()
 
     def build():
@@ -161,7 +160,7 @@ def build_sd35_medium(device):
 
 def build_flux1_dev(device):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from _tiny_pipelines import tiny_clip_tokenizer, tiny_t5_tokenizer
+    from flowdppo.testing.tiny_pipelines import tiny_clip_tokenizer, tiny_t5_tokenizer
     tok, tok2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
 
     def build():
@@ -357,7 +356,7 @@ def main() -> None:
     policy_kw = dict(resolution=recipe.resolution, lora_rank=recipe.lora_rank, lora_alpha=recipe.lora_alpha,
                      dtype="bfloat16", device=device, max_sequence_length=recipe.max_sequence_length)
     if args.tiny:
-        from _tiny_pipelines import build_tiny_sd3
+        from flowdppo.testing.tiny_pipelines import build_tiny_sd3
         build_tiny_sd3(Path(tmp.name) / "sd3")
         policy = load_diffusers_policy(str(Path(tmp.name) / "sd3"), **policy_kw)
     else:
@@ -380,7 +379,7 @@ def main() -> None:
         fkw = dict(policy_kw, lora_rank=64, lora_alpha=128, gradient_checkpointing=True,
                    disable_cudnn_attention=True, max_sequence_length=32 if args.tiny else 512)
         if args.tiny:
-            from _tiny_pipelines import build_tiny_flux
+            from flowdppo.testing.tiny_pipelines import build_tiny_flux
             build_tiny_flux(Path(tmp.name) / "flux")
             fpolicy = load_diffusers_policy(str(Path(tmp.name) / "flux"), **fkw)
         else:

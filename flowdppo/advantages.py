@@ -1,7 +1,7 @@
-"""Group-relative advantages (paper §1.5) and GDPO for several rewards.
+"""Group-relative advantages (paper §2.1, Eq. 5) and GDPO for several rewards.
 
 Rewards are laid out [P, G]: P prompts (groups) × G samples per prompt; GDPO takes [P, G, K] for K
-rewards.  Conventions are explicit arguments (anchors F8):
+rewards.  Conventions are explicit arguments (docs/failure_modes.md: advantage conventions):
   * the group mean is always per prompt;
   * `std_scope="group"` divides by each group's own std, `"global"` by ONE std of the raw rewards over
     the whole batch (the paper's recipe; in distributed runs pass the already-gathered batch);
@@ -83,7 +83,7 @@ def group_advantages(rewards: Tensor, *, std_scope: StdScope = "global", eps: fl
 
 def gdpo_advantages(rewards: Tensor, *, weights: Optional[Sequence[float]] = None, eps: float = 1e-6,
                     clip: Optional[float] = None, std_estimator: StdEstimator = "population") -> Tensor:
-    """GDPO (paper §1.5): normalise each reward within its group, weight, sum, then batch-normalise.
+    """GDPO (paper §2.1, Eq. 5): normalise each reward within its group, weight, sum, then batch-normalise.
 
     rewards [P, G, K] → advantages [P, G].
       1. a_k = (r_k − mean_g r_k) / max(std_g r_k, eps)      per reward k, per group g

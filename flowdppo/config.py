@@ -143,7 +143,7 @@ class Config:
     reward_weights: Optional[tuple[float, ...]] = None
     """Weights per reward (None = equal)."""
     advantage: Literal["group", "gdpo"] = "group"
-    """"group": weighted reward sum, group-relative; "gdpo": per-reward normalisation (paper §1.5)."""
+    """"group": weighted reward sum, group-relative; "gdpo": per-reward normalisation (paper §2.1, Eq. 5)."""
     std_scope: Literal["group", "global"] = "global"
     """Advantage std: each group's, or one over the whole batch (paper recipe)."""
     adv_eps: Optional[float] = None
@@ -239,13 +239,15 @@ class Config:
 
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        """Fill the unset convention fields from the `conventions` preset (explicit values win)."""
+        """Fill the unset convention fields from the `conventions` preset (explicit values win), then validate:
+        a Config that exists — built directly, by make_config or by replace() — is a valid one."""
         if self.conventions not in CONVENTION_PRESETS:
-            raise ValueError(f"config.conventions: unknown preset {self.conventions!r}. Fix: use one of "
-                             f"{sorted(CONVENTION_PRESETS)}")
+            raise ConfigError(f"config.conventions: unknown preset {self.conventions!r}. Fix: use one of "
+                              f"{sorted(CONVENTION_PRESETS)}")
         for name, value in CONVENTION_PRESETS[self.conventions].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)   # frozen dataclass: resolved once, at construction
+        self.validate()
 
     @property
     def logp_scale(self) -> str:
@@ -274,7 +276,8 @@ class Config:
         return self.micro_batch_size or self.minibatch_size
 
     def validate(self) -> "Config":
-        """Raise ConfigError (a ValueError) naming the field and the fix; returns self."""
+        """Raise ConfigError (a ValueError) naming the field and the fix; returns self.  Runs at construction
+        (__post_init__); callers may repeat it."""
         def bad(field_name: str, why: str, fix: str) -> None:
             raise ConfigError(f"config.{field_name}: {why}. Fix: {fix}")
 

@@ -5,7 +5,7 @@ Two ways to hold the trainable weights (config.parallel):
 
 * replicate (LoRA, small models): every rank holds a full replica of the trainable parameters; gradients
   are averaged with one all-reduce per optimizer step (what DDP does, without hooking the policy's
-  forward), so parameters stay bit-identical across ranks (anchors F10).
+  forward), so parameters stay bit-identical across ranks (docs/failure_modes.md: step-0 σ0).
 * fsdp (full fine-tuning): FSDP2 (`torch.distributed.fsdp.fully_shard`) shards every transformer block and
   the root of the trainable transformer — and of its frozen reference copy — over the ranks; gradients are
   reduce-scattered (averaged) in backward, parameters and AdamW state are DTensor shards.

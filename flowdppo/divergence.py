@@ -98,7 +98,7 @@ def gaussian_tv(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
 
 
 def pinsker_tv_bound(kl_total):
-    """Pinsker: D_TV ≤ √(KL/2) (paper §2.3).  Works on floats and tensors."""
+    """Pinsker: D_TV ≤ √(KL/2) (paper Remark 3, App. B.4).  Works on floats and tensors."""
     if isinstance(kl_total, Tensor):
         return torch.sqrt(kl_total.clamp_min(0.0) / 2.0)
     return math.sqrt(max(kl_total, 0.0) / 2.0)

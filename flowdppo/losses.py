@@ -95,7 +95,7 @@ def trust_region_stats(*, log_ratio: Tensor, mean: Tensor, old_mean: Tensor, std
 
 
 def _mask_stats(kl_exceeded: Tensor, blocked_pos: Tensor, blocked_neg: Tensor) -> dict[str, Tensor]:
-    """Fractions of the batch (F11: blocked = blocked_pos + blocked_neg ≤ kl_exceeded; blocked + kept = 1)."""
+    """Fractions of the batch (mask accounting: blocked = blocked_pos + blocked_neg ≤ kl_exceeded; blocked + kept = 1)."""
     blocked = blocked_pos | blocked_neg
     f = lambda m: m.float().mean()  # noqa: E731
     return {"kl_exceeded": f(kl_exceeded), "blocked_pos": f(blocked_pos), "blocked_neg": f(blocked_neg),
@@ -253,7 +253,7 @@ def flow_grpo_clip(*, mean: Tensor, old_mean: Tensor, std: Tensor, advantages: T
 def grpo_guard(*, mean: Tensor, old_mean: Tensor, std: Tensor, advantages: Tensor,
                sample: Optional[Tensor] = None, logp: Optional[Tensor] = None, old_logp: Optional[Tensor] = None,
                clip_range: float = 4e-6, logp_reduction: Reduction = "per_dim"):
-    """GRPO-Guard ratio re-normalisation (paper §2.4), per-sample form (as Flow-Factory):
+    """GRPO-Guard ratio re-normalisation (paper §3.2, App. D), per-sample form (as Flow-Factory):
 
     log r_guard = (log π_θ − log π_old)·s + mse/(2s),  s = std, mse = mean_dims(μ_θ − μ_old)²,
     which for per-dim log-probs equals εᵀd/D: the −KL bias of the log-ratio removed and its noise

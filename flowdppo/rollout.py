@@ -86,7 +86,7 @@ def rollout(policy: Policy, cond: Cond, row_prompt: Tensor, items: list[PromptIt
     cond: one row per prompt; row_prompt [B]: the prompt row of each sample; items: B samples (local to this
     rank); global_indices[b]: global sample index of row b (seeds its
     noise); chunks: row-index lists whose forwards run together — the trainer passes its epoch-0
-    micro-batches so the first update replays the exact same forward geometry (ratio ≡ 1, anchors F6).
+    micro-batches so the first update replays the exact same forward geometry (ratio ≡ 1, docs/failure_modes.md: on-policy identity).
     """
     device = next(iter(cond.values())).device
     b_total = len(items)

@@ -202,7 +202,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return content.records
 
 
+def uncommitted_changes(paths: Iterable[str] = ("flowdppo", "analysis")) -> list[str]:
+    """Files under `paths` (repository-relative) that differ from HEAD: an artifact made with a non-empty list
+    does not trace to a commit, and says so."""
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout
+        return sorted(line[3:] for line in out.splitlines() if line.strip())
+    except Exception:
+        return []
+
+
 def git_commit() -> str:
+    """The checkout's HEAD commit ("unknown" outside a git checkout)."""
     try:
         root = Path(__file__).resolve().parents[1]
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

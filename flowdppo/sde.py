@@ -1,11 +1,11 @@
 """Per-step Gaussian transitions of flow-matching samplers — the ONLY home of transition math.
 
-Conventions (paper §1.1–1.3, Eq. 2–4):
+Conventions (paper §2, Eq. 2–4):
   * σ-space: σ = 1 is pure noise, σ = 0 is data; x_σ = (1 − σ)·x0 + σ·ε and the model predicts the
     velocity v = ε − x0.  A reverse step goes from σ to σ_next < σ, so dt = σ_next − σ < 0.
   * Every kernel is a Gaussian policy π(x_next | x) = N(mean, std² I) (Eq. 4).  `std` returned here is
     the FULL transition std (for Flow-SDE that is η·√(σ/(1−σ))·√(−dt), not the pre-factor), so losses,
-    KLs and figures never recompute it (anchors F1).
+    KLs and figures never recompute it (docs/failure_modes.md: step-0 σ).
   * The σ = 1 rule (Flow-SDE only): the pre-factor √(σ/(1−σ)) diverges at σ = 1, so at σ = 1 the
     denominator 1 − σ is replaced by 1 − σ_next (the next grid point).  flow_grpo, UniRL's kernel,
     Flow-Factory and verl-omni all substitute `sigmas[1]` there, which is σ_next at step 0.  This
@@ -13,7 +13,7 @@ Conventions (paper §1.1–1.3, Eq. 2–4):
 
 All functions are pure and stateless: no step counters, no host syncs.  σ arguments are Python floats or
 tensors of shape [B] (one σ per sample); they broadcast over the latent dims.  Math runs in fp32
-(or fp64 if the inputs are fp64); the caller keeps anchors in fp32 (anchors F2).
+(or fp64 if the inputs are fp64); the caller keeps anchors in fp32 (docs/failure_modes.md: low-precision anchors).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _as_batch(s: SigmaLike, x: Tensor) -> Tensor:
 # Noise schedules of each kernel
 # ----------------------------------------------------------------------------------------------------
 def flow_sde_noise_scale(sigma: SigmaLike, sigma_next: SigmaLike, eta: float) -> Tensor:
-    """Flow-SDE diffusion pre-factor s_t = η·√(σ/(1−σ̃)) (paper §1.2), with the σ = 1 rule σ̃ = σ_next.
+    """Flow-SDE diffusion pre-factor s_t = η·√(σ/(1−σ̃)) (paper Eq. 2), with the σ = 1 rule σ̃ = σ_next.
 
     Away from σ = 1, σ̃ = σ.  Shapes follow broadcasting of sigma / sigma_next.
     """
@@ -64,9 +64,9 @@ def cps_mixing(eta: float) -> tuple[float, float]:
 def transition_std(kernel: Kernel, sigma: SigmaLike, sigma_next: SigmaLike, eta: float) -> Tensor:
     """The full per-step std of each kernel (a tensor shaped like sigma).
 
-    flow_sde:  s_t·√(−dt)            (Eq. 2; σ²(t) = s_t²·|dt|, paper §1.2)
+    flow_sde:  s_t·√(−dt)            (Eq. 2; σ²(t) = s_t²·|dt|, paper Eq. 2)
     dance_sde: η·√(−dt)              (DanceGRPO: constant diffusion pre-factor)
-    cps:       σ_next·sin(ηπ/2)      (Eq. 3; no √(−dt), anchors F4)
+    cps:       σ_next·sin(ηπ/2)      (Eq. 3; no √(−dt), docs/failure_modes.md: CPS scale)
     ode:       0
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float64 if isinstance(sigma, float) else None)
@@ -183,7 +183,7 @@ def reduce_dims(values: Tensor, reduction: str) -> Tensor:
 class Step:
     """One transition.  Shapes: x_next/mean [B, *latent]; std [B, 1, …] (broadcastable);
     logp_sum / logp_per_dim [B] — the log-density summed over latent dims (the paper's log π) and its
-    per-dim mean (the convention of every published code, so ratios are geometric means, anchors F3)."""
+    per-dim mean (the convention of every published code, so ratios are geometric means, docs/failure_modes.md: reduced-log-prob ratio)."""
     x_next: Tensor
     mean: Tensor
     std: Tensor
@@ -197,7 +197,7 @@ def step(kernel: Kernel, *, x: Tensor, v: Tensor, sigma: SigmaLike, sigma_next: 
     """Take (x_next=None) or score (x_next given) one reverse step of `kernel`.
 
     Sampling draws x_next = mean + std·noise (noise from `noise`, else `generator`).  Replay scores the
-    given x_next under the same Gaussian — one function, so rollout and replay cannot disagree (F7).
+    given x_next under the same Gaussian — one function, so rollout and replay cannot disagree (rollout/replay parity).
     The ODE kernel has std 0 and no log-density (logp fields are None).
     """
     mean = transition_mean(kernel, x, v, sigma, sigma_next, eta)

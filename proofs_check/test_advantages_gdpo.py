@@ -1,4 +1,4 @@
-"""§1.5 group-relative advantages and GDPO, against naive Python loops (anchors F8).
+"""§2.1 (Eq. 5) group-relative advantages and GDPO, against naive Python loops (docs/failure_modes.md: advantage conventions).
 
   group:  Â_pg = (R_pg − mean_g R_p·) / max(std_g R_p·, eps)          std = population std (ddof 0)
   global: Â_pg = (R_pg − mean_g R_p·) / max(std over ALL rewards, eps)

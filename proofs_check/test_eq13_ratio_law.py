@@ -4,7 +4,7 @@ With x' = μ_old + σε drawn by the sampler and d = μ_θ − μ_old:
   (Eq. 13, per sample, exact)  log r = εᵀd/σ − KL,                KL = ‖d‖²/(2σ²) (Eq. 14)
   (App. D)                      E[log r] = −KL,  Var[log r] = 2·KL,  E[r] = 1
   (Eq. 11 = Eq. 10)             ½·E|r − 1| = D_TV = 2Φ(‖d‖/(2σ)) − 1
-  (mean-reduced log-probs)      log r̄ = log r / D,  E[r̄] = exp(−KL/D + KL/D²) < 1   (anchors F3)
+  (mean-reduced log-probs)      log r̄ = log r / D,  E[r̄] = exp(−KL/D + KL/D²) < 1   (docs/failure_modes.md: reduced-log-prob ratio)
 Samples are drawn through sde.step for every SDE kernel, at σ = 1 and at one other step of the grid.
 
 Tolerances: the per-sample identity at rtol 1e-9 (float64 rounding); the moments at 6 sample standard

@@ -4,7 +4,7 @@ Oracles: (1) a Monte-Carlo estimate of E_{x'∼π_old}[log π_old(x') − log π
 `sde.step` (the real sampler, at every step index of a grid that starts at σ = 1) and both log-densities
 are scored by `sde.step` replay; (2) torch.distributions' Normal/Independent KL and log_prob.  The KL is
 evaluated with the std that `step()` returns, so a loss that used any other σ (UniRL's 0.99 clamp at
-step 0, anchors F1; a CPS std with √(−dt), F4) disagrees with the sampler and fails here.
+step 0, docs/failure_modes.md: step-0 σ; a CPS std with √(−dt), CPS scale) disagrees with the sampler and fails here.
 
 Tolerances: MC at 6 standard errors (sample SE of the log-ratio), float64; the deterministic comparisons
 at rtol 1e-10.  Per example: 3 kernels × ≤ 12 steps × 4 MC comparisons ≤ 144 checks at ≈ 2e-9 each,
@@ -73,7 +73,7 @@ def test_eq14_equals_monte_carlo_through_each_sampler(seed, eta, num_steps, shif
 
 def test_monte_carlo_rejects_a_sigma_that_is_not_the_samplers():
     """Power of the check above: the same MC estimate rejects the KL computed with a std that is 10% too
-    large (KL 17% low) and with UniRL's step-0 σ (1.89× the kernel's, KL 3.57× low, anchors F1)."""
+    large (KL 17% low) and with UniRL's step-0 σ (1.89× the kernel's, KL 3.57× low, docs/failure_modes.md: step-0 σ)."""
     gen = torch.Generator().manual_seed(1234)
     sigma, sigma_next, eta = 1.0, 27 / 28, 0.7          # step 0 of the SD3 grid
     x = torch.randn(1, LATENT, generator=gen, dtype=torch.float64)
@@ -119,7 +119,7 @@ def test_eq14_and_eq4_equal_torch_distributions(seed, eta, num_steps, shift, bat
 
 @given(seed=st.integers(0, 2**31 - 1), std=st.floats(0.05, 2.0))
 def test_kl_to_reference_is_eq14_in_the_forward_direction_and_differentiable(seed, std):
-    """Eq. 17's β-term (anchors F5): kl_to_reference = KL(π_θ ‖ π_ref) with the kernel std, per-dim and
+    """Eq. 17's β-term (docs/failure_modes.md: detached reference KL): kl_to_reference = KL(π_θ ‖ π_ref) with the kernel std, per-dim and
     sum, equal to torch.distributions; its gradient w.r.t. μ_θ is (μ_θ − μ_ref)/(σ²·D) (per-dim) — it is
     not computed under no_grad (Flow-Factory #122)."""
     gen = torch.Generator().manual_seed(seed)

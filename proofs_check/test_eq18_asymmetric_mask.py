@@ -1,4 +1,4 @@
-"""Eq. 17 / 18 / 23: the divergence mask — truth table, monotonicity, limits, gradients, accounting (F11).
+"""Eq. 17 / 18 / 23: the divergence mask — truth table, monotonicity, limits, gradients, accounting (mask accounting).
 
 M = 0 ⇔ D_KL(π_old ‖ π_θ) > δ ∧ Â·(r − 1) > 0 (flow_dppo); the ablation `flow_dppo_symmetric` drops every
 sample with D > δ; the predictive variants are Eq. 26/27 (App. E has their own exactness checks).
@@ -92,7 +92,7 @@ def test_blocked_samples_have_exactly_zero_gradient_and_all_gradients_are_finite
 @pytest.mark.parametrize("name", list(DPPO_FAMILY))
 @given(batch=random_batches(), delta=delta_strategy())
 def test_mask_accounting_invariants(name, batch, delta):
-    """F11: blocked = blocked_pos + blocked_neg, blocked + kept = 1, blocked ≤ kl_exceeded (not for the full
+    """mask accounting: blocked = blocked_pos + blocked_neg, blocked + kept = 1, blocked ≤ kl_exceeded (not for the full
     predictive mask, which may block a sample still inside δ), blocked_pos ≤ frac(Â > 0)."""
     _, stats, _ = run(DPPO_FAMILY[name]["fn"], batch, delta=delta, **DPPO_FAMILY[name]["extra"])
     f = {k: float(v) for k, v in stats.items()}

@@ -1,4 +1,4 @@
-"""Eq. 2 / Eq. 3 / §1.2: the full per-step std of every kernel, including the σ = 1 rule (anchors F1, F9).
+"""Eq. 2 / Eq. 3 / Eq. 2: the full per-step std of every kernel, including the σ = 1 rule (docs/failure_modes.md: step-0 σ, zero-std step).
 
 Oracles are hand-derived numbers and the paper's closed forms restated here (never imported from
 flowdppo.sde), so a wrong σ at step 0, a dropped √(−dt) or a CPS std with a √(−dt) fails.
@@ -19,11 +19,11 @@ RTOL = 1e-12
 
 
 def test_sigma1_rule_on_the_sd3_grid():
-    """§1.2 σ = 1 rule on UniRL's SD3 schedule (shift 3, 10 steps, η = 0.7; anchors F1).
+    """Eq. 2 σ = 1 rule on UniRL's SD3 schedule (shift 3, 10 steps, η = 0.7; docs/failure_modes.md: step-0 σ).
 
     σ_1 = 3·0.9/(1 + 2·0.9) = 27/28.  At σ = 1 the rule replaces 1 − σ by 1 − σ_next, so
     std = η·√(1/(1 − 27/28))·√(1 − 27/28) = η = 0.7 exactly.  (The 0.99 clamp of UniRL's loss gives
-    0.7·√(1/0.01)·√(1/28) = 1.3229, i.e. a KL 3.57× too small — the F1 bug this pins down.)
+    0.7·√(1/0.01)·√(1/28) = 1.3229, i.e. a KL 3.57× too small — the step-0 σ bug this pins down.)
     Step 1 uses σ itself: 0.7·√((27/28)/(1/28))·√(27/28 − 12/13)."""
     grid = sde.shifted_sigmas(10, shift=3.0)
     assert float(grid[1]) == pytest.approx(27 / 28, rel=RTOL)
@@ -38,7 +38,7 @@ def test_sigma1_rule_on_the_sd3_grid():
 
 @given(eta=st.floats(0.05, 1.0), sigma_next=st.floats(0.01, 0.99))
 def test_flow_sde_std_at_sigma1_equals_eta(eta, sigma_next):
-    """§1.2: with σ̃ = σ_next at σ = 1, s_t·√(−dt) = η·√(1/(1−σ'))·√(1−σ') = η for every σ'."""
+    """Eq. 2: with σ̃ = σ_next at σ = 1, s_t·√(−dt) = η·√(1/(1−σ'))·√(1−σ') = η for every σ'."""
     std = float(sde.transition_std("flow_sde", 1.0, sigma_next, eta))
     assert std == pytest.approx(eta, rel=1e-10)
 
@@ -72,7 +72,7 @@ def test_batched_sigmas_equal_scalar_calls(eta, num_steps, shift):
 
 
 def test_zero_std_step_is_an_error_not_a_nan():
-    """F9: an SDE step with std 0 (CPS at σ_next = 0) raises with a fix-it message instead of log 0."""
+    """zero-std step: an SDE step with std 0 (CPS at σ_next = 0) raises with a fix-it message instead of log 0."""
     x = torch.zeros(2, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="ODE kernel"):
         sde.step("cps", x=x, v=x, sigma=0.1, sigma_next=0.0, eta=0.7)

@@ -1,9 +1,9 @@
-"""Anchors F2 (and F7): the mask's KL must be computed from fp32 means; bf16 storage is noise at δ.
+"""docs/failure_modes.md: low-precision anchors, rollout/replay parity: the mask's KL must be computed from fp32 means; bf16 storage is noise at δ.
 
 At SD3.5's D = 65 536 and a true per-dim KL of 1e-6 (= the published δ), rounding both means to bf16
 (8 significant bits) adds ≈ D·Var(rounding error)/(2σ²) of spurious KL — the same order as δ — while fp32
 storage is exact to < 1% of δ.  The numbers are a seeded deterministic computation (seed 0; values
-~N(0, 1), σ ∈ {0.74, 0.53, 0.39} as in F2), so the thresholds below are properties of rounding, not MC
+~N(0, 1), σ ∈ {0.74, 0.53, 0.39} as in low-precision anchors), so the thresholds below are properties of rounding, not MC
 tolerances: bf16 error ≥ 0.5·δ at every σ (measured 2–6×δ), fp32 error ≤ 1e-2·δ (measured ~1e-5·δ).
 
 The anchor path keeps fp32: sde.step on fp32 (or bf16 storage) inputs returns fp32 means, std and

@@ -1,4 +1,4 @@
-"""§2.4 / App. D (inferred form): GRPO-Guard's re-normalised ratio is exp(εᵀd/D) for per-dim log-probs.
+"""§3.2 / App. D (inferred form): GRPO-Guard's re-normalised ratio is exp(εᵀd/D) for per-dim log-probs.
 
 log r_guard = (log π̄_θ − log π̄_old)·σ + mean_d(Δμ²)/(2σ) with π̄ the per-dim-mean log-density, which by
 Eq. 13 equals εᵀd/D (the −KL bias removed, the noise scaled by σ).  Oracle: the noise ε that produced x'

@@ -146,7 +146,7 @@ def test_discretisation_error_shrinks_with_steps(eta):
 
 @pytest.mark.parametrize("eta", [0.3, 0.7, 1.0])
 def test_flow_sde_sigma1_step_injects_eta4_over_4(eta):
-    """§1.2 σ = 1 rule, characterised: at σ = 1 the rule gives s_t² = η²/(1−σ'), so the step is
+    """Eq. 2 σ = 1 rule, characterised: at σ = 1 the rule gives s_t² = η²/(1−σ'), so the step is
     x' = (1 − η²/2)·x + dt·v + η·ε whatever dt is — not a consistent discretisation of Eq. 2 there.
     Starting from N(0, 1) its variance is (1 − η²/2 + dt)² + η² (v = x − m at σ = 1), i.e. a relative
     excess → η⁴/4 as K → ∞ (checked at K = 10 000 to 2e-3).  The later, strongly contracting steps forget

@@ -1,7 +1,7 @@
 """analysis/: log loading (torn last line), statistics against hand-computed values, the registry's
 invariants, compaction round trip, plot smoke tests and make_figures end to end on FIXTURE runs.
 
-Fixture runs are real trainer runs (flowdppo.trainer.train) of the toy policy (tests/_toy.py) under the
+Fixture runs are real trainer runs (flowdppo.trainer.train) of the toy policy (flowdppo/testing/toy.py) under the
 registry's run ids and config overrides, scaled down (FIXTURE_BASE), with the world's reward and metric
 NAMES computed by toy stand-ins so every figure finds its keys."""
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).parent))
 
 from analysis import compact, experiments, load_runs, plots, stats  # noqa: E402
 from flowdppo import runlog  # noqa: E402
@@ -28,7 +27,7 @@ from flowdppo.config import make_config  # noqa: E402
 from flowdppo.errors import CorruptLogError  # noqa: E402
 from flowdppo.evaluation import within_prompt_diversity  # noqa: E402
 from flowdppo.trainer import Components, train  # noqa: E402
-from _toy import BrightnessReward, toy_components  # noqa: E402
+from flowdppo.testing.toy import BrightnessReward, toy_components  # noqa: E402
 
 FIXTURE_BASE = {**experiments.BASE, "iterations": 6, "prompts_per_iter": 4, "group_size": 4, "num_minibatches": 2,
                 "num_steps": 6, "sde_steps_per_traj": 2, "eval_every": 3, "eval_prompts": 4,

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 import conformance_mutants as cm  # noqa: E402
 
 from flowdppo import divergence, losses, sde  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _tiny_pipelines import TINY_RESOLUTION, build_tiny_flux, build_tiny_flux2_klein, build_tiny_sd3
+from flowdppo.testing.tiny_pipelines import TINY_RESOLUTION, build_tiny_flux, build_tiny_flux2_klein, build_tiny_sd3
 from flowdppo import sde
 from flowdppo.policy.base import Policy
 from flowdppo.policy.pipelines import detect_family, load_diffusers_policy

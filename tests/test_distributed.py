@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) via torchrun: parameters identical across ranks after every optimizer step
-(anchors F10), and a 2-rank run matches a 1-rank run of the same global batch."""
+(docs/failure_modes.md: step-0 σ0), and a 2-rank run matches a 1-rank run of the same global batch."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,7 @@ TESTS = Path(__file__).parent
 _SCRIPT = '''
 import hashlib, sys
 import torch, torch.distributed as td
-sys.path.insert(0, {tests!r})
-from _toy import toy_components
+from flowdppo.testing.toy import toy_components
 from flowdppo.config import make_config
 from flowdppo.trainer import train
 
@@ -177,7 +176,7 @@ def test_fsdp_full_finetune_of_a_diffusers_flux_pipeline(tmp_path):
     """`torchrun … -m flowdppo train --model <path> lora_rank=0` on a tiny FLUX.1 pipeline (both block
     lists: transformer_blocks and single_transformer_blocks become FSDP units) matches the 1-rank run
     (2 iterations × 2 AdamW steps at lr 1e-3; measured max weight difference 4e-7, tolerance 1e-5)."""
-    from _tiny_pipelines import TINY_RESOLUTION, build_tiny_flux
+    from flowdppo.testing.tiny_pipelines import TINY_RESOLUTION, build_tiny_flux
     build_tiny_flux(tmp_path / "flux")
     (tmp_path / "prompts.txt").write_text("a red cat\ntwo dogs\na blue car\nthree apples\n")
     args = [f"model={tmp_path / 'flux'}", f"prompts={tmp_path / 'prompts.txt'}", "rewards=jpeg",
@@ -223,7 +222,7 @@ def test_torchrun_cli_lora_on_a_diffusers_pipeline_matches_one_rank(tmp_path):
     """The README's distributed command through the real CLI, with a tiny SD3 pipeline loaded by path and
     LoRA (parallel=auto → replicate): exits 0 on both ranks, prints one summary (rank 0), logs world size 2,
     and its checkpoint (LoRA weights only) and reward log match a 1-process run of the same global batch."""
-    from _tiny_pipelines import TINY_RESOLUTION, build_tiny_sd3
+    from flowdppo.testing.tiny_pipelines import TINY_RESOLUTION, build_tiny_sd3
     build_tiny_sd3(tmp_path / "sd3")
     (tmp_path / "prompts.txt").write_text("a red cat\ntwo dogs\na blue car\nthree apples\n")
     args = [f"prompts={tmp_path / 'prompts.txt'}", "rewards=jpeg", f"resolution={TINY_RESOLUTION}", "lora_rank=4",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny_pipelines import TINY_RESOLUTION, build_tiny_flux, build_tiny_flux2_klein, build_tiny_sd3
+from flowdppo.testing.tiny_pipelines import TINY_RESOLUTION, build_tiny_flux, build_tiny_flux2_klein, build_tiny_sd3
 from flowdppo.config import make_config
 from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import build_components, train

@@ -263,7 +263,7 @@ def test_vit_h_14_key_and_shape_mapping_on_meta_tensors():
 
 
 def _tiny_eot_last_tokenizer(path):
-    """A byte-level CLIP BPE tokenizer built offline like tests/_tiny_pipelines.tiny_clip_tokenizer, but
+    """A byte-level CLIP BPE tokenizer built offline like flowdppo/testing/tiny_pipelines.tiny_clip_tokenizer, but
     with CLIP's id layout: <|startoftext|> and <|endoftext|> are the two last ids (eot = largest)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode

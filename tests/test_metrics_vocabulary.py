@@ -6,7 +6,6 @@ families (one key per reward, per counterfactual ε/δ, per quantile) are expand
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from flowdppo.losses import POLICY_LOSSES
 from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import toy_components  # noqa: E402
+from flowdppo.testing.toy import toy_components  # noqa: E402
 
 SMALL = ["iterations=2", "prompts_per_iter=2", "group_size=4", "num_minibatches=2", "num_steps=4",
          "sde_steps_per_traj=2", "threads=1", "progress=false", "tensorboard=false", "checkpoint_every=0",

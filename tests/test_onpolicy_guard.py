@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,8 +23,7 @@ from flowdppo.prompts import PromptItem
 from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import Components, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import BrightnessReward, toy_components  # noqa: E402
+from flowdppo.testing.toy import BrightnessReward, toy_components  # noqa: E402
 
 RUN = ["prompts_per_iter=4", "group_size=4", "num_minibatches=2", "eval_every=0", "rewards=brightness",
        "progress=false", "threads=1", "num_steps=4", "sde_steps_per_traj=1", "beta=0", "log_ref_kl=false",

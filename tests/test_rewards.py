@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from _tiny_pipelines import tiny_clip_tokenizer
+from flowdppo.testing.tiny_pipelines import tiny_clip_tokenizer
 from flowdppo.prompts import PromptItem
 from flowdppo.rewards.base import Reward
 

@@ -1,7 +1,7 @@
 """The run directory never loses or silently rewrites data (flowdppo.rundir), divergence stops where it happens
 (flowdppo.nonfinite), and every error a person can fix is one CLI line with nothing written.
 
-Runs use the toy policy (tests/_toy.py); the CLI is driven in-process (flowdppo.cli.main), with the toy
+Runs use the toy policy (flowdppo/testing/toy.py); the CLI is driven in-process (flowdppo.cli.main), with the toy
 components injected where a test needs a run to actually train."""
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ from flowdppo.metrics import undocumented_step_keys
 from flowdppo.runlog import new_file_mode, read_jsonl
 from flowdppo.trainer import Components, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import BrightnessReward, toy_components  # noqa: E402
+from flowdppo.testing.toy import BrightnessReward, toy_components  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["prompts_per_iter=4", "group_size=4", "num_minibatches=2", "eval_every=1", "eval_prompts=2",
@@ -182,8 +181,8 @@ def test_a_second_writer_is_refused_and_a_killed_holder_is_taken_over(tmp_path, 
 
 
 _KILLED = """
-import sys; sys.path.insert(0, {tests!r})
-from _toy import toy_components
+import sys
+from flowdppo.testing.toy import toy_components
 from flowdppo.config import make_config
 from flowdppo.trainer import train
 train(make_config({{}}, sys.argv[1:]), components=toy_components())
@@ -311,7 +310,7 @@ def test_on_nonfinite_skip_drops_the_step_and_logs_it(tmp_path, monkeypatch):
     _poisoned_loss(monkeypatch, {5})
     run = tmp_path / "run"
     seen = {}
-    cfg = _cfg(run, "iterations=3", "on_nonfinite=skip")
+    cfg = _cfg(run, "iterations=3", "on_nonfinite=skip", "log_rewards=brightness")   # the toy components log it
     train(cfg, components=toy_components(),
           on_step=lambda step, policy: seen.__setitem__(step, policy.trainable_state_dict()))
     recs = read_jsonl(run / "metrics.jsonl")

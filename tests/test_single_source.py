@@ -1,4 +1,4 @@
-"""STYLE property 1: transition formulas live in flowdppo/sde.py and nowhere else (anchors F1, F4).
+"""STYLE property 1: transition formulas live in flowdppo/sde.py and nowhere else (docs/failure_modes.md: step-0 σ, CPS scale).
 
 Every .py under flowdppo/ and analysis/ other than flowdppo/sde.py is scanned.  Comments and string
 literals (docstrings that *describe* a formula) are blanked first with `tokenize`, then the remaining

@@ -1,4 +1,4 @@
-"""Trainer invariants on the toy policy (tests/_toy.py): on-policy identity, rollout == replay, micro-batch
+"""Trainer invariants on the toy policy (flowdppo/testing/toy.py): on-policy identity, rollout == replay, micro-batch
 split invariance, smoke runs of every loss × sampler, exact resume after SIGKILL, errors, metric vocabulary."""
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from flowdppo.runlog import read_jsonl
 from flowdppo.trainer import Components, build_components, minibatch_assignment, policy_loss_fn, train, update_minibatch
 from flowdppo import dist
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _toy import BrightnessReward, toy_components  # noqa: E402
+from flowdppo.testing.toy import BrightnessReward, toy_components  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["prompts_per_iter=4", "group_size=4", "num_minibatches=2", "eval_every=0", "rewards=brightness",
@@ -40,7 +39,7 @@ def _strip_times(rec: dict) -> dict:
 @pytest.mark.parametrize("kernel", ["flow_sde", "cps", "dance_sde"])
 @pytest.mark.parametrize("loss", sorted(POLICY_LOSSES))
 def test_first_update_is_exactly_on_policy(tmp_path, loss, kernel):
-    """First optimizer step after a rollout: r ≡ 1, exact KL ≡ 0, nothing masked/clipped (anchors F6)."""
+    """First optimizer step after a rollout: r ≡ 1, exact KL ≡ 0, nothing masked/clipped (docs/failure_modes.md: on-policy identity)."""
     extra = ["predictive_step_size=1e-3"] if loss == "flow_dppo_predictive" else []
     cfg = _cfg(tmp_path, f"loss={loss}", f"kernel={kernel}", "iterations=1", "eta=0.7", *extra)
     train(cfg, components=toy_components())
@@ -65,7 +64,7 @@ def _toy_rollout(chunks, kernel="flow_sde", comps=None):
 
 
 def test_rollout_logp_equals_replay_logp():
-    """The log-prob recorded while sampling equals sde.step's replay of the stored action (anchors F7),
+    """The log-prob recorded while sampling equals sde.step's replay of the stored action (docs/failure_modes.md: rollout/replay parity),
     and the sampled trajectory does not depend on how the batch is chunked."""
     comps, traj = _toy_rollout([list(range(16))])
     _, traj2 = _toy_rollout([list(range(0, 16, 2)), list(range(1, 16, 2))], comps=comps)
@@ -148,8 +147,8 @@ def test_toy_learns(tmp_path):
 
 
 _SCRIPT = """
-import sys; sys.path.insert(0, {tests!r})
-from _toy import toy_components
+import sys
+from flowdppo.testing.toy import toy_components
 from flowdppo.config import make_config
 from flowdppo.trainer import train
 args = sys.argv[1:]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with PyPI access), in the repository root, before a GPU run: downloads the pure-Python
 # wheels the GPU machine lacks into .whl/ (git-ignored), for its Python 3.12.  That machine has torch,
-# transformers, peft and accelerate but no diffusers (reference/ecosystem.md).
+# transformers, peft and accelerate but no diffusers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .whl

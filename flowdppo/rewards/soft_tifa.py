@@ -1,4 +1,4 @@
-"""GenEval2-style Soft-TIFA with a vision-language model (paper §3.1: Qwen/Qwen3-VL-8B-Instruct, "gm").
+"""GenEval2-style Soft-TIFA with a vision-language model (paper §4, App. F: Qwen/Qwen3-VL-8B-Instruct, "gm").
 
 For an image and its prompt item, each atom is a VQA question with an expected answer
 (item.meta["answers"], default "Yes").  The VLM is asked "{question} Answer in one word." and the atom's

@@ -12,7 +12,7 @@ from torch import nn
 
 from flowdppo.policy.base import cfg_combine, split_cond
 from flowdppo.prompts import PromptItem
-from flowdppo.trainer import Components
+from flowdppo.assembly import Components
 
 
 class ToyNet(nn.Module):
