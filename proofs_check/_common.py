@@ -15,7 +15,7 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from analysis import toy_mdp
+from analysis.theory import toy_mdp
 from flowdppo import sde
 
 Z_TOL = 6.0

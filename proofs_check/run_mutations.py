@@ -143,12 +143,12 @@ MUTANTS = [
            "return _reduce((mean_p - mean_q) ** 2, reduction) / 2.0", "beta_units='mean_sq' halved"),
     Mutant("M51", "flowdppo/sde.py", 'if scale == "normalized":', 'if scale != "bogus":',
            "cps_logp='unnormalized' ignored (always divided by 2σ²)"),
-    # --- analysis/toy_mdp.py: the pure functions behind Theorems 1-2 --------------------------------------
-    Mutant("M41", "analysis/toy_mdp.py", "future[:, k] = future[:, k + 1] * rho[:, k + 1]",
+    # --- analysis/theory/toy_mdp.py: the pure functions behind Theorems 1-2 --------------------------------------
+    Mutant("M41", "analysis/theory/toy_mdp.py", "future[:, k] = future[:, k + 1] * rho[:, k + 1]",
            "future[:, k] = future[:, k + 1] * rho[:, k]", "Theorem 1's Π_{j>k} ρ_j off by one (a dropped term)"),
-    Mutant("M42", "analysis/toy_mdp.py", "2.0 * xi * h * (h - 1) * tv_max**2", "1.0 * xi * h * (h - 1) * tv_max**2",
+    Mutant("M42", "analysis/theory/toy_mdp.py", "2.0 * xi * h * (h - 1) * tv_max**2", "1.0 * xi * h * (h - 1) * tv_max**2",
            "Eq. 8 penalty with ξ(K−1)(K−2) instead of 2ξ(K−1)(K−2)", occurrence=0),
-    Mutant("M43", "analysis/toy_mdp.py", "4.0 * xi * tv_sum_mean", "2.0 * xi * tv_sum_mean",
+    Mutant("M43", "analysis/theory/toy_mdp.py", "4.0 * xi * tv_sum_mean", "2.0 * xi * tv_sum_mean",
            "App. B.3 linear penalty halved (the bound stays valid on every MDP tried: only golden values catch it)",
            occurrence=0),
 ]

@@ -1,7 +1,7 @@
 """Eq. 2 (Flow-SDE), Dance-SDE and Eq. 3 (CPS) transport noise to the data: the marginals are right.
 
 Setting: rectified flow x_σ = (1 − σ)x0 + σε with Gaussian data x0 ~ N(m, diag(s²)).  The exact velocity
-E[ε − x0 | x_σ = x] is affine in x (Gaussian conditioning, analysis.gaussian_flow), so every kernel step is
+E[ε − x0 | x_σ = x] is affine in x (Gaussian conditioning, analysis.theory.gaussian_flow), so every kernel step is
 affine-Gaussian and the marginal after each step can be propagated EXACTLY: mean → A·mean + c,
 var → A²·var + std², with (A, c) read off sde.transition_mean and std from sde.transition_std.
 
@@ -32,7 +32,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analysis.gaussian_flow import integrate_mc, propagate_exact
+from analysis.theory.gaussian_flow import integrate_mc, propagate_exact
 from flowdppo import sde
 from proofs_check._common import assert_within_se, examples
 

@@ -3,7 +3,7 @@
 L′ = E_old[R Σ_k (ρ_k − 1)] and Δ = E_old[R Σ_k (ρ_k − 1)(1 − Π_{j>k} ρ_j)] over the K − 1 decisions of a
 finite-horizon MDP with deterministic transitions and a terminal reward (the paper's flow MDP, §2.1).
 
-* Tabular MDPs: every quantity by enumerating all S·A^H trajectories (analysis.toy_mdp); J is also
+* Tabular MDPs: every quantity by enumerating all S·A^H trajectories (analysis.theory.toy_mdp); J is also
   computed by an independent backward recursion here.  Exact up to float64 rounding (atol 1e-12).
 * A linear-Gaussian flow MDP, π(x'|x) = N(A_k x + b_k, σ_k² I), reward cos(wᵀx_H + c): J_θ − J_old is
   closed form (Gaussian moment propagation); L′ − Δ is estimated from π_old trajectories with ratios
@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analysis import toy_mdp
+from analysis.theory import toy_mdp
 from proofs_check._common import assert_within_se, examples, make_policy_pair, mdp_params
 
 def value_by_backward_recursion(mdp: toy_mdp.TabularMDP, policy: np.ndarray) -> float:

@@ -4,7 +4,7 @@
   J_θ − J_old ≥ L′ − 4ξ·E_old[Σ_k D_TV,k]               (App. B.3)
 Both follow from |Δ| ≤ penalty, which is checked on both sides.  Exact arithmetic up to 1e-12.
 
-The quadratic constant is sharp: `analysis.toy_mdp.adversarial_example` attains Eq. 8 with equality
+The quadratic constant is sharp: `analysis.theory.toy_mdp.adversarial_example` attains Eq. 8 with equality
 (H = 2), so a bound with a smaller constant (a dropped 2, (K−1)(K−2)/2, …) fails here.  The linear
 bound is not sharp: the largest |Δ| found is 0.499 of 4ξ·E[Σ_k D_TV,k] (random MDPs reach 0.41), so its
 validity check alone could not tell 4ξ from 2ξ; its constant is pinned by the closed-form values on the
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analysis import toy_mdp
+from analysis.theory import toy_mdp
 from flowdppo import divergence
 from proofs_check._common import examples, make_policy_pair, mdp_params
 

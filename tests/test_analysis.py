@@ -21,7 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis import compact, experiments, load_runs, plots, stats  # noqa: E402
+from analysis.runs import compact, load_runs, plots, stats  # noqa: E402
+from analysis.campaign import experiments  # noqa: E402
 from flowdppo import runlog  # noqa: E402
 from flowdppo.config import make_config  # noqa: E402
 from flowdppo.errors import CorruptLogError  # noqa: E402
@@ -302,7 +303,7 @@ def test_plot_functions_draw_on_the_given_axes():
 
 def test_grid_cell_inverts_save_grid(tmp_path):
     from flowdppo.evaluation import save_grid
-    from analysis.make_figures import _read_png, grid_cell
+    from analysis.runs.figures import _read_png, grid_cell
     imgs = torch.rand(6, 1, 5, 5)   # 3 prompts × 2 seeds of 5×5 images
     save_grid(imgs, 2, tmp_path / "g.png", max_prompts=8, scale=3)
     cell = grid_cell(_read_png(tmp_path / "g.png"), 2, 1, 3, 2)
@@ -314,7 +315,7 @@ def test_grid_cell_inverts_save_grid(tmp_path):
 # Runner and make_figures on the fixture runs
 # ---------------------------------------------------------------------------------------------------
 def test_runner_plans_skip_resume_new_and_conflict(fixture_root):
-    from analysis import run_experiments
+    from analysis.campaign import runner as run_experiments
     reg = experiments.registry(seeds=(0, 1))
     spec = next(r for r in reg["fig2"] if r.run_id == "single-flow_dppo-s0")
     absent = next(r for r in reg["fig4"] if r.seed == 0)
@@ -332,7 +333,7 @@ def test_runner_plans_skip_resume_new_and_conflict(fixture_root):
 
 
 def test_make_figures_on_fixture_runs_reports_missing(fixture_root, tmp_path, capsys):
-    from analysis import make_figures
+    from analysis.runs import figures as make_figures
     t0 = time.perf_counter()
     ctx = make_figures.make_all(fixture_root, tmp_path / "figs")
     elapsed = time.perf_counter() - t0
@@ -356,7 +357,7 @@ def test_make_figures_on_fixture_runs_reports_missing(fixture_root, tmp_path, ca
 
 
 def test_claims_are_the_same_from_the_compact_store(fixture_root, tmp_path):
-    from analysis import claims
+    from analysis.runs import claims
     reg = experiments.registry()
     ids = [r.run_id for r in experiments.all_runs(reg, only=["fig3", "c7"])]
     compact.compact_store(fixture_root, tmp_path / "store", [i for i in ids if (fixture_root / i).exists()])
@@ -370,7 +371,7 @@ def test_claims_are_the_same_from_the_compact_store(fixture_root, tmp_path):
 
 
 def test_partial_runs_are_drawn_but_not_counted_at_the_end(fixture_root, tmp_path):
-    from analysis import claims
+    from analysis.runs import claims
     rid = "single-flow_dppo-s0"
     dst = tmp_path / rid
     dst.mkdir()
@@ -404,7 +405,7 @@ def test_damaged_torn_and_partial_runs_are_reported_in_the_figure_readme(fixture
     whose final evaluation or iterations are incomplete is partial and left out of the tables (never its
     ood value of an older iteration beside a newer test value); one corrupt middle line makes that one run
     damaged — reported and skipped — while every figure is still made."""
-    from analysis import make_figures
+    from analysis.runs import figures as make_figures
     root, work = tmp_path / "runs", tmp_path / "work"
     shutil.copytree(fixture_root, root)
     work.mkdir()

@@ -1,12 +1,12 @@
 """Plot functions: data in, `ax` in, the same `ax` out (rliable's plot_utils).  No file I/O, no loading,
-no statistics beyond calling analysis.stats.  Colours follow the paper where it has them (Fig. 5)."""
+no statistics beyond calling analysis.runs.stats.  Colours follow the paper where it has them (Fig. 5)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
 
-from . import stats
+from analysis.runs import stats
 
 METHOD_COLORS = {"Flow-GRPO": "#7f7f7f", "Flow-CPS": "#a6761d", "GRPO-Guard": "#984ea3",
                  "Flow-DPPO": "#377eb8", "Flow-DPPO + CPS": "#e41a1c"}

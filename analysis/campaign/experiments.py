@@ -74,7 +74,7 @@ PUBLISHED_DELTA = 1e-7          # the paper's Flow-SDE δ, run by value for clai
 MULTI_REWARDS = ("tifa", "agreement", "realism", "ink")
 # Provisional δ_mid until `calibrate_deltas` has measured KL_old (the probe's median at lr 1e-4).
 PROVISIONAL_DELTA_MID = {"flow_sde": 1e-4, "cps": 1e-4}
-CALIBRATION_FILE = Path(__file__).resolve().parent / "data" / "delta_calibration.json"
+CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "data" / "delta_calibration.json"
 CALIBRATION_ITERATIONS = 10
 CALIBRATION_SEED = 100          # not one of SEEDS: the pilot is not an experiment run
 # Per-iteration cost model for `estimate_cpu_seconds` (probe: 0.85 s at I1, 1.2 s at I2 → an inner

@@ -9,7 +9,7 @@ an iteration row is built by `aggregate_iterations`:
     is exactly on-policy (r ≡ 1, KL ≡ 0, nothing masked; docs/failure_modes.md: on-policy identity) and would only dilute them by a
     factor that depends on the minibatch count; `_max` / `_min` keys take the max / min;
   * loss, policy_loss and grad_norm are means over ALL the iteration's steps; update time is their sum.
-The compact store (analysis/compact.py) saves exactly these rows, rounded, as iterations.csv, so a figure
+The compact store (analysis/runs/compact.py) saves exactly these rows, rounded, as iterations.csv, so a figure
 drawn from a raw run and from its compacted copy is the same figure.
 
 Damage is never silent.  The logs are read by flowdppo.runlog.parse_jsonl (and `read_iterations_csv`, its
@@ -65,7 +65,7 @@ def read_iterations_csv(path: Path) -> tuple[pd.DataFrame, int]:
         if len(row) != width:
             raise CorruptLogError(f"{path}: line {i} has {len(row)} fields, the header {width}: the file is damaged "
                                   f"(a kill can only tear the last line). Fix: compact the run again from its raw "
-                                  f"logs (analysis/compact.py)")
+                                  f"logs (analysis/runs/compact.py)")
     if not rows:
         return pd.DataFrame(), torn
     return pd.read_csv(io.StringIO(text), dtype={"sde_indices": str}), torn

@@ -1,5 +1,5 @@
 """Claims C1–C7: each is turned into paired per-seed differences and a verdict by the stated rule
-(analysis.stats.verdict: the 95 % t-interval over seeds of a difference oriented so the claim predicts
+(analysis.runs.stats.verdict: the 95 % t-interval over seeds of a difference oriented so the claim predicts
 > 0; supported if it excludes 0 on the claim's side, not supported if on the other, else inconclusive).
 A claim with several parts is supported only if every part is (stats.combine).
 
@@ -14,9 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import experiments, stats
-from .experiments import RunSpec
-from .load_runs import Run, RunSet
+from analysis.campaign import experiments
+from analysis.runs import stats
+from analysis.campaign.experiments import RunSpec
+from analysis.runs.load_runs import Run, RunSet
 
 TAIL = 0.1        # end-of-training value of a per-iteration curve: mean of its last 10 % of iterations
 HEAD = 0.25       # early-training value: mean of its first 25 % of iterations

@@ -23,7 +23,7 @@ import pandas as pd
 
 from flowdppo.errors import CorruptLogError
 
-from .load_runs import aggregate_iterations, is_run_dir, read_jsonl
+from analysis.runs.load_runs import aggregate_iterations, is_run_dir, read_jsonl
 
 SIG_DIGITS = 4
 # Ratios sit within ~1e-4 of 1; their deviation from 1 (the "left shift") is what the figures read, so they
@@ -34,7 +34,7 @@ STORE_LIMIT_BYTES = 30 * 1024 * 1024
 
 def _repo_relative(path: Path) -> str:
     """A path as committed artifacts hold it: relative to the repository, or its last part when outside."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         return Path(path).resolve().relative_to(root).as_posix()
     except ValueError:
@@ -76,7 +76,7 @@ def compact_run(src: Path, dst: Path) -> int:
         "source": _repo_relative(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
         "torn_lines_skipped": torn + torn_e, "torn_lines": {"metrics.jsonl": torn, "eval.jsonl": torn_e},
         "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
-        "aggregation": "analysis.load_runs.aggregate_iterations (off-policy-step means)",
+        "aggregation": "analysis.runs.load_runs.aggregate_iterations (off-policy-step means)",
         "dropped": ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl (per optimizer step)",
                     "intermediate sample grids", "tb/"]},
         indent=2) + "\n")
@@ -107,7 +107,7 @@ def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str
     """Compact every raw run under `src_root` (or those in run_ids) into `dst_root`.
 
     Returns {"runs": n, "bytes": store size, "skipped": [ids without a raw run], "damaged": {id: why}} — a run
-    with a damaged log (analysis.load_runs) is reported there and not compacted; raises if the whole store
+    with a damaged log (analysis.runs.load_runs) is reported there and not compacted; raises if the whole store
     exceeds `limit_bytes` (fix: raise SIG_DIGITS' rounding or thin the eval grids)."""
     src_root, dst_root = Path(src_root), Path(dst_root)
     ids = list(run_ids) if run_ids is not None else sorted(
@@ -126,5 +126,5 @@ def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str
     size = dir_size(dst_root) if dst_root.exists() else 0
     if size > limit_bytes:
         raise RuntimeError(f"compact store {dst_root} is {size / 2**20:.1f} MiB > {limit_bytes / 2**20:.0f} MiB. "
-                           f"Fix: lower analysis.compact.SIG_DIGITS or keep fewer sample grids")
+                           f"Fix: lower analysis.runs.compact.SIG_DIGITS or keep fewer sample grids")
     return {"runs": len(done), "bytes": size, "skipped": skipped, "damaged": damaged}

@@ -1,0 +1,256 @@
+"""Run the paper's experiments (analysis/campaign/experiments.py): missing runs are started, killed ones resumed,
+finished ones skipped; then the finished runs are compacted into the committed store.
+
+    python analysis/run_experiments.py [--only fig5[,c7]] [--jobs 2] [--dry-run] [--iterations N]
+                                       [--raw runs/paper] [--store paper_runs] [--calibrate] [--no-compact]
+
+* Each run is a subprocess `python -m flowdppo train run_dir=runs/paper/<run_id> threads=1 progress=false …`;
+  `--jobs` of them run side by side (two 1-thread runs use 2 cores better than one 2-thread run).
+  Output goes to runs/paper/_logs/<run_id>.log.
+* Raw run directories live under runs/paper/ (git-ignored: checkpoints are ~8 MB each); the compact copies
+  that make_figures reads by default go to paper_runs/ (committed, ≤ 30 MB).
+* A run is finished when its checkpoint's iteration ≥ the target iterations (BASE or --iterations);
+  a run directory without that is resumed with `flowdppo train --resume` (the trainer cuts its logs back
+  to the checkpoint).  A run directory whose config differs from the registry's is refused, never reused.
+* Before the first run, the δ calibration (two 20-iteration pilots with the mask out of reach, one per
+  kernel) is run if analysis/data/delta_calibration.json does not exist; --calibrate re-runs it.
+* Ctrl-C terminates the running trainers (they resume next time from their last checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+
+from analysis.runs import compact  # noqa: E402
+from analysis.campaign import experiments  # noqa: E402
+from analysis.campaign.experiments import RunSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESUME_IGNORED = ("iterations", "progress", "tensorboard", "threads", "run_dir")
+
+
+def cli_value(v: Any) -> str:
+    """A config value as `key=value` text for flowdppo's CLI."""
+    if isinstance(v, (tuple, list)):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _rel(path: Path) -> str:
+    """Paths relative to the repository when inside it: the run's config.json stores run_dir, and a
+    relative one survives moving the checkout."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path.resolve())
+
+
+@dataclass
+class Job:
+    spec: RunSpec
+    run_dir: Path
+    state: str          # new | resume | done | conflict
+    done_iterations: int
+    target: int
+    detail: str = ""
+
+    base: Optional[dict] = None  # config base (None = experiments.BASE)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "flowdppo", "train"]
+        if self.state == "resume":
+            return cmd + ["--resume", _rel(self.run_dir), "threads=1", "progress=false", f"iterations={self.target}"]
+        fields = {**self.spec.config_overrides(self.base), "iterations": self.target, "threads": 1, "progress": False}
+        return cmd + [f"run_dir={_rel(self.run_dir)}"] + [f"{k}={cli_value(v)}" for k, v in fields.items()]
+
+
+def checkpoint_iteration(run_dir: Path) -> int:
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.exists():
+        return 0
+    import torch
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["iteration"])
+
+
+def config_conflict(spec: RunSpec, run_dir: Path, base: Optional[dict] = None) -> str:
+    """'' if run_dir/config.json is this spec's config (up to RESUME_IGNORED), else the differences."""
+    from flowdppo.config import config_diff, make_config
+    saved = make_config(json.loads((run_dir / "config.json").read_text()))
+    want = make_config({**spec.config_overrides(base), "run_dir": _rel(run_dir)})
+    diff = config_diff(saved, want, ignore=RESUME_IGNORED)
+    return ", ".join(f"{k}: run has {a!r}, registry wants {b!r}" for k, (a, b) in diff.items())
+
+
+def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optional[dict] = None) -> list[Job]:
+    """What to do with each run: new, resume (killed or extended), done, or conflict (config changed)."""
+    jobs = []
+    for spec in specs:
+        run_dir = raw / spec.run_id
+        target = iterations or int(spec.config_overrides(base)["iterations"])
+        if not (run_dir / "config.json").exists():
+            jobs.append(Job(spec, run_dir, "new", 0, target, base=base))
+            continue
+        conflict = config_conflict(spec, run_dir, base)
+        if conflict:
+            jobs.append(Job(spec, run_dir, "conflict", 0, target, conflict, base=base))
+            continue
+        done = checkpoint_iteration(run_dir)
+        jobs.append(Job(spec, run_dir, "done" if done >= target else "resume", done, target, base=base))
+    return jobs
+
+
+def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path) -> dict[str, int]:
+    """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    pending, running, codes = list(jobs), {}, {}
+    t0 = time.time()
+    try:
+        while pending or running:
+            while pending and len(running) < n_jobs:
+                job = pending.pop(0)
+                log = open(log_dir / f"{job.spec.run_id}.log", "a")
+                log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command())}\n")
+                log.flush()
+                proc = subprocess.Popen(job.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                running[job.spec.run_id] = (proc, log, time.time())
+                print(f"[{time.time() - t0:7.0f} s] start  {job.spec.run_id} ({job.state}, "
+                      f"{job.done_iterations}→{job.target})", flush=True)
+            time.sleep(1.0)
+            for rid, (proc, log, started) in list(running.items()):
+                rc = proc.poll()
+                if rc is not None:
+                    log.close()
+                    codes[rid] = rc
+                    del running[rid]
+                    status = "ok" if rc == 0 else f"FAILED rc={rc} (see {log_dir / (rid + '.log')})"
+                    print(f"[{time.time() - t0:7.0f} s] finish {rid} in {time.time() - started:.0f} s: {status}",
+                          flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: terminating the running trainers (resume later from their checkpoints)", flush=True)
+        for rid, (proc, log, _) in running.items():
+            proc.terminate()
+        for rid, (proc, log, _) in running.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        raise
+    return codes
+
+
+# ---------------------------------------------------------------------------------------------------
+# δ calibration
+# ---------------------------------------------------------------------------------------------------
+def calibrate(raw: Path, n_jobs: int, out_file: Path = experiments.CALIBRATION_FILE) -> dict[str, Any]:
+    """Run (or reuse) one unmasked pilot per kernel, derive δ per kernel, write CALIBRATION_FILE."""
+    from analysis.runs.load_runs import load_run
+    jobs = []
+    for kernel in ("flow_sde", "cps"):
+        fields = experiments.calibration_overrides(kernel)
+        spec = RunSpec(f"pilot-{kernel}", "pilot", fields["seed"], {k: v for k, v in fields.items() if k != "seed"})
+        run_dir = raw / "_calibration" / kernel
+        done = checkpoint_iteration(run_dir) if (run_dir / "config.json").exists() else 0
+        state = "done" if done >= fields["iterations"] else ("resume" if (run_dir / "config.json").exists() else "new")
+        jobs.append(Job(spec, run_dir, state, done, fields["iterations"]))
+    todo = [j for j in jobs if j.state != "done"]
+    codes = run_pool(todo, n_jobs, raw / "_logs") if todo else {}
+    if any(codes.values()):
+        raise RuntimeError(f"calibration pilot failed: {codes}; see {raw / '_logs'}")
+    out: dict[str, Any] = {"kernels": {}, "rule": "delta_mid = median over iterations of the per-iteration "
+                           "(off-policy mean of the per-sample median) KL_old per dim, one significant digit; "
+                           "delta_lo/hi = delta_mid / 10, × 10", "iterations": experiments.CALIBRATION_ITERATIONS,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    per_iter = []
+    for job, kernel in zip(jobs, ("flow_sde", "cps")):
+        run = load_run(job.run_dir)
+        if run.latent_dim != experiments.LATENT_DIM:
+            raise RuntimeError(f"the world's latent dim is {run.latent_dim}, analysis/campaign/experiments.py assumes "
+                               f"{experiments.LATENT_DIM}. Fix: set experiments.LATENT_DIM = {run.latent_dim}")
+        out["kernels"][kernel] = experiments.deltas_from_pilot(run.iters["q/kl_old_per_dim@0.5"])
+        out["kernels"][kernel]["kl_old_q90"] = float(run.iters["q/kl_old_per_dim@0.9"].median())
+        per_iter += list(run.iters["time/iter_s"].iloc[2:])
+        out["git_commit"] = run.header.get("git_commit")
+    out["per_iteration_s_1thread"] = float(sorted(per_iter)[len(per_iter) // 2]) if per_iter else None
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"calibration written to {out_file}: " +
+          ", ".join(f"{k} δ_mid={v['delta_mid']:g} (median KL_old {v['kl_old_median']:.3g})"
+                    for k, v in out["kernels"].items()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated registry keys (fig1…fig13, table1…4, c7, logs_*)")
+    ap.add_argument("--jobs", type=int, default=2, help="1-thread runs side by side")
+    ap.add_argument("--dry-run", action="store_true", help="show the plan and the CPU-time estimate, run nothing")
+    ap.add_argument("--iterations", type=int, default=None, help="target iterations for every run (default BASE)")
+    ap.add_argument("--raw", default=str(ROOT / "runs" / "paper"), help="raw run directories (git-ignored)")
+    ap.add_argument("--store", default=str(ROOT / "paper_runs"), help="compact committed store")
+    ap.add_argument("--calibrate", action="store_true", help="(re)run the δ calibration pilots first")
+    ap.add_argument("--calibration-file", default=str(experiments.CALIBRATION_FILE),
+                    help="where the δ calibration is read / written")
+    ap.add_argument("--no-compact", action="store_true", help="skip compaction into --store")
+    ap.add_argument("--per-iteration-s", type=float, default=None,
+                    help="1-thread BASE iteration time for the estimate (default: the calibration's, else 1.0)")
+    args = ap.parse_args(argv)
+    raw, store, cal_file = Path(args.raw), Path(args.store), Path(args.calibration_file)
+
+    calibration = experiments.load_calibration(cal_file)
+    if (calibration is None or args.calibrate) and not args.dry_run:
+        calibration = calibrate(raw, args.jobs, cal_file)
+    if calibration is None:
+        print("δ calibration: none yet — showing PROVISIONAL δ_mid "
+              f"{experiments.PROVISIONAL_DELTA_MID} (a real run calibrates first)")
+    reg = experiments.registry(calibration)
+    only = [k.strip() for k in args.only.split(",") if k.strip()] or None
+    specs = experiments.all_runs(reg, only)
+    jobs = plan(specs, raw, args.iterations)
+    by_state: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_state.setdefault(j.state, []).append(j)
+    print(f"{len(jobs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in by_state.items()))
+    for j in by_state.get("conflict", []):
+        print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
+    todo = by_state.get("new", []) + by_state.get("resume", [])
+    todo.sort(key=lambda j: jobs.index(j))
+    per_it = args.per_iteration_s or (calibration or {}).get("per_iteration_s_1thread") or 1.0
+    est = experiments.estimate_cpu_seconds(per_it, [j.spec for j in todo], args.iterations)
+    print(f"to run: {len(todo)} runs ≈ {est['cpu_hours']:.2f} CPU-hours at {per_it:.2f} s per 1-thread BASE "
+          f"iteration ≈ {est['cpu_hours'] / max(1, args.jobs):.2f} h wall with --jobs {args.jobs} "
+          "(resumed runs counted in full)")
+    if args.dry_run:
+        for j in todo:
+            print(f"  {j.state:6s} {j.spec.run_id:32s} " + " ".join(j.command()[3:]))
+        return 0
+    codes = run_pool(todo, args.jobs, raw / "_logs") if todo else {}
+    failed = [k for k, v in codes.items() if v != 0]
+    if not args.no_compact:
+        finished = [j.spec.run_id for j in plan(specs, raw, args.iterations) if j.state == "done"]
+        info = compact.compact_store(raw, store, finished)
+        print(f"compacted {info['runs']} finished runs into {store}: {info['bytes'] / 2**20:.1f} MiB "
+              f"(limit {compact.STORE_LIMIT_BYTES / 2**20:.0f} MiB)")
+        for rid, why in info["damaged"].items():
+            print(f"NOT compacted (damaged log): {rid}: {why}")
+    if failed:
+        print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
+    return 1 if failed or by_state.get("conflict") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
