@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .losses import POLICY_LOSSES
 
 KernelName = Literal["flow_sde", "cps", "dance_sde"]
+"""The trainable kernels: sde.SDE_KERNELS (tests/test_config_validation.py ties the two)."""
 
 # The convention presets (docs/conventions.md): the values each preset gives the fields left unset.
 CONVENTION_PRESETS: dict[str, dict[str, Any]] = {
@@ -29,6 +30,7 @@ CONVENTION_PRESETS: dict[str, dict[str, Any]] = {
 }
 LossName = Literal["flow_dppo", "flow_dppo_symmetric", "flow_dppo_predictive", "flow_grpo", "grpo_guard",
                    "no_trust_region"]
+"""The keys of losses.POLICY_LOSSES, the one table of losses (tests/test_config_validation.py ties the two)."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,11 @@ class Config:
     lr: float = 1e-4
     """AdamW learning rate (the probe: 1e-4 stable for full fine-tuning, 3e-4 noisy, 1e-3 collapses)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay (decoupled)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β₁, β₂)."""
     adam_eps: float = 1e-8
+    """AdamW ε (added to the root of the second moment)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip per optimizer step (> 0)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -213,6 +218,7 @@ class Config:
     eval_num_steps: int = 10
     """ODE steps of the pinned evaluation regime."""
     eval_guidance_scale: float = 1.0
+    """CFG scale of the pinned evaluation (1 = no guidance; the paper evaluates at 1)."""
     eval_prompts: int = 0
     """Prompts per eval split (test, ood), the first N of the split; 0 = every prompt of the split (the
     embedded world: all 128 held-out layouts and all 128 OOD grids)."""
@@ -223,6 +229,7 @@ class Config:
     """Fixed-seed samples per prompt of the never-trained probe splits ("ood", "transfer"); 0 = as
     eval_samples_per_prompt.  12 × 128 / 192 prompts: seed error ≈ 0.01 on accuracy."""
     eval_seed: int = 1234
+    """Seed of the pinned evaluation noise: sample j of prompt p always starts from the same latent."""
     checkpoint_every: int = 10
     """Checkpoint every N iterations (and at the end); resume restarts from the latest."""
     onpolicy_tolerance: Optional[float] = 1e-4

@@ -17,6 +17,7 @@ from . import dist
 from .nonfinite import check_evaluation
 from .policy.base import cond_repeat
 from .prompts import PromptItem
+from .rewards.common import within_prompt_diversity
 from .assembly import sigma_grid
 from .rollout import derive_seed, sample_ode
 
@@ -27,14 +28,6 @@ if TYPE_CHECKING:
 
 def eval_generators(seed: int, n_prompts: int, per_prompt: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(derive_seed(seed, p, j)) for p in range(n_prompts) for j in range(per_prompt)]
-
-
-def within_prompt_diversity(images: Tensor, per_prompt: int) -> float:
-    """Mean pairwise RMS pixel distance among the samples of each prompt, averaged over prompts."""
-    x = images.reshape(-1, per_prompt, images[0].numel()).double()
-    d = torch.cdist(x, x) / x.shape[-1] ** 0.5
-    iu = torch.triu_indices(per_prompt, per_prompt, 1)
-    return float(d[:, iu[0], iu[1]].mean())
 
 
 EVAL_SPLITS = ("test", "ood", "transfer")

@@ -54,6 +54,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from ..sde import SDE_KERNELS
+
 KERNEL_ADAPTERS: tuple[str, ...] = ("flowdppo", "tuple")
 LOSS_ADAPTERS: tuple[str, ...] = ("flowdppo", "kl_tensor")
 KL_ADAPTERS: tuple[str, ...] = ("std", "schedule")
@@ -163,7 +165,7 @@ def tuple_kernel(fn: Callable) -> Callable[..., KernelOut]:
 
 def make_kernel(fn: Callable, adapter: str, *, sampler: str, logp_reduction: str = "per_dim"):
     if adapter == "flowdppo":
-        if sampler not in ("flow_sde", "cps", "dance_sde"):
+        if sampler not in SDE_KERNELS:
             raise ValueError(f"--kernel-adapter flowdppo with --sampler {sampler!r}: the flowdppo step takes the "
                              "kernel's name. Fix: choose --sampler flow_sde, cps or dance_sde")
         return flowdppo_kernel(fn, sampler=sampler, logp_reduction=logp_reduction)

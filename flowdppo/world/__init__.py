@@ -24,7 +24,6 @@ Public API (used by the trainer):
     make_reward(name) -> Reward            names: "tifa", "agreement", "realism", "ink"
     evaluate_images(images, items, group_size) -> dict[str, float]
     cell_correct(images, items) -> [B, 4] bool    per-cell right/wrong (the sample grids' marks); CELL_BOXES
-    sample_images(policy, items, group_size=…, num_steps=…, guidance_scale=…) -> images (ODE, for eval)
     pretrain(out_path, steps=…, seed=…, threads=…, log_every=…) -> dict;  CLI: main_pretrain(argv)
 """
 from __future__ import annotations
@@ -39,7 +38,7 @@ from .pretraining import main as main_pretrain
 from .pretraining import pretrain
 from .data import CELL_BOXES
 from .rewards import LAYOUT_REWARDS, REWARD_NAMES, cell_correct, evaluate_images, make_reward
-from .sampling import expand_items, sample_images
+from .sampling import expand_items
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BASE_CHECKPOINT = ASSETS / "world_base.safetensors"
@@ -58,7 +57,7 @@ def resolve_checkpoint(checkpoint: Optional[str | Path]) -> Path:
 
 
 __all__ = ["load_policy", "prompt_splits", "make_reward", "evaluate_images", "cell_correct", "CELL_BOXES",
-           "sample_images", "expand_items", "pretrain", "main_pretrain", "REWARD_NAMES", "LAYOUT_REWARDS",
+           "expand_items", "pretrain", "main_pretrain", "REWARD_NAMES", "LAYOUT_REWARDS",
            "BASE_CHECKPOINT", "SHIPPED_BASES", "resolve_checkpoint", "TinyFlowPolicy"]
 
 

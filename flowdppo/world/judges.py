@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F

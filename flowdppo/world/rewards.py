@@ -21,7 +21,6 @@ samples of the same prompt).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from ..prompts import PromptItem
 from ..rewards.base import check_scores
+from ..rewards.common import within_prompt_diversity
 from .data import BLANK_CLASS, EMPTY, blank_cells, cells_of, digit_splits
 from .judges import load_judges
 
@@ -140,16 +140,6 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2.0 * covmean))
 
 
-def diversity(images: Tensor, group_size: int) -> float:
-    """Mean pairwise RMS pixel distance between samples of the same prompt (consecutive groups)."""
-    if group_size < 2 or images.shape[0] % group_size:
-        raise ValueError(f"diversity needs group_size >= 2 dividing the batch ({images.shape[0]}), got {group_size}")
-    x = images.float().cpu().flatten(1).reshape(-1, group_size, images[0].numel())   # [P, G, D]
-    d = torch.cdist(x, x) / math.sqrt(x.shape[-1])                                    # RMS distances
-    iu = torch.triu_indices(group_size, group_size, 1)
-    return float(d[:, iu[0], iu[1]].mean())
-
-
 def _read_cells(images: Tensor) -> Tensor:
     """[B, 4] the class the reward classifier reads in each cell (argmax; BLANK_CLASS = empty)."""
     tifa, _ = load_judges()
@@ -189,7 +179,7 @@ def evaluate_images(images: Tensor, items: Sequence[PromptItem], group_size: int
            "realism": float(RealismReward()(images, items).mean()),
            "ink": float(InkReward()(images, items).mean()),
            "fid": frechet_distance(gen_feats, real_digit_feats),
-           "diversity": diversity(images, group_size)}
+           "diversity": within_prompt_diversity(images, group_size)}
     # by layout size: 3-digit L shapes (one empty cell) and 4-digit layouts behave very differently
     n_digits = (target != BLANK_CLASS).sum(1)
     for k in (3, 4):
