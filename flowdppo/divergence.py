@@ -52,35 +52,30 @@ def kl_per_dim(mean_p: Tensor, mean_q: Tensor, std: Tensor) -> Tensor:
     return gaussian_kl(mean_p, mean_q, std, "per_dim")
 
 
-def _flat_sq_norm(dv: Tensor, reduction: Reduction) -> Tensor:
-    return _reduce(dv**2, reduction)
-
-
-def _per_sample(c: Tensor, like: Tensor) -> Tensor:
-    c = torch.as_tensor(c, dtype=like.dtype, device=like.device)
-    return c.reshape(-1) if c.ndim else c
+def _velocity_kl(kernel: sde.Kernel, v_p: Tensor, v_q: Tensor, sigma, sigma_next, eta: float,
+                 reduction: Reduction) -> Tensor:
+    """Eq. 14 on means that differ only through the velocity: μ_p − μ_q = c·(v_p − v_q) with c = ∂μ/∂v, so
+    KL = c²‖v_p − v_q‖²/(2σ_step²).  c and σ_step come from flowdppo.sde, per sample ([B] or scalar σ)."""
+    sig = torch.as_tensor(sigma, dtype=v_p.dtype, device=v_p.device)
+    sig_n = torch.as_tensor(sigma_next, dtype=v_p.dtype, device=v_p.device)
+    c = sde.mean_velocity_coefficient(kernel, sig, sig_n, eta)
+    std = sde.transition_std(kernel, sig, sig_n, eta)
+    coeff = c**2 / (2.0 * std**2)
+    coeff = coeff.reshape(-1) if coeff.ndim else coeff
+    return coeff * _reduce((v_p - v_q) ** 2, reduction)
 
 
 def kl_flow_sde_velocity(v_p: Tensor, v_q: Tensor, sigma, sigma_next, eta: float,
                          reduction: Reduction = "sum") -> Tensor:
     """Eq. 15 (= Eq. 21): D_KL^SDE = (−dt/2)·(s_t(1−σ)/(2σ) + 1/s_t)²·‖v_p − v_q‖² for Flow-SDE."""
-    sig = torch.as_tensor(sigma, dtype=v_p.dtype, device=v_p.device)
-    sig_n = torch.as_tensor(sigma_next, dtype=v_p.dtype, device=v_p.device)
-    s_t = sde.flow_sde_noise_scale(sig, sig_n, eta)
-    coeff = (sig - sig_n) / 2.0 * (s_t * (1.0 - sig) / (2.0 * sig) + 1.0 / s_t) ** 2
-    return _per_sample(coeff, v_p) * _flat_sq_norm(v_p - v_q, reduction)
+    return _velocity_kl("flow_sde", v_p, v_q, sigma, sigma_next, eta, reduction)
 
 
 def kl_cps_velocity(v_p: Tensor, v_q: Tensor, sigma, sigma_next, eta: float,
                     reduction: Reduction = "sum") -> Tensor:
     """Eq. 16 (= Eq. 22): D_KL^CPS = c(t)²‖v_p − v_q‖² / (2 σ'² sin²(ηπ/2)),
     c(t) = −(1 − σ')σ + σ'(1 − σ)cos(ηπ/2), σ' = σ_next."""
-    sig = torch.as_tensor(sigma, dtype=v_p.dtype, device=v_p.device)
-    sig_n = torch.as_tensor(sigma_next, dtype=v_p.dtype, device=v_p.device)
-    cos_, sin_ = sde.cps_mixing(eta)
-    c = -(1.0 - sig_n) * sig + sig_n * (1.0 - sig) * cos_
-    coeff = c**2 / (2.0 * sig_n**2 * sin_**2)
-    return _per_sample(coeff, v_p) * _flat_sq_norm(v_p - v_q, reduction)
+    return _velocity_kl("cps", v_p, v_q, sigma, sigma_next, eta, reduction)
 
 
 # ----------------------------------------------------------------------------------------------------

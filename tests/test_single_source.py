@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 import tokenize
 from pathlib import Path
 
@@ -46,6 +47,14 @@ PATTERNS: dict[str, re.Pattern] = {
     "sigma=1 rule: sigma == 1 / >= 1": re.compile(rf"\b{_SIGMA_NAME}\s*(?:==|>=)\s*1(?:\.0*)?\b(?!\.\d)"),
     "Flow-SDE prefactor eta*sqrt(sigma/(1-sigma))": re.compile(
         rf"{_SQRT}\s*\(\s*{_SIGMA}\s*/\s*\(\s*1(?:\.0*)?\s*-\s*{_SIGMA}"),
+    # the coefficients of the means: Flow-SDE's score drift s²(1 − σ)/(2σ) on v (Eq. 2, Eq. 21) and CPS's
+    # −(1 − σ')σ + σ'(1 − σ)cos(ηπ/2) on v (Eq. 3, Eq. 22), and CPS's std σ'·sin(ηπ/2) squared
+    "score-drift factor (1-sigma)/(2*sigma)": re.compile(
+        rf"\(\s*1(?:\.0*)?\s*-\s*{_SIGMA}\s*\)\s*/\s*\(\s*2(?:\.0*)?\s*\*\s*{_SIGMA}"),
+    "CPS mean coefficient (1-sigma_next)*sigma": re.compile(
+        rf"\(\s*1(?:\.0*)?\s*-\s*{_NEXT}\s*\)\s*\*\s*{_SIGMA}"
+        rf"|{_SIGMA}\s*\*\s*\(\s*1(?:\.0*)?\s*-\s*{_NEXT}\s*\)"),
+    "CPS std sigma_next*sin": re.compile(rf"\b{_NEXT}(?:\s*\*\*\s*2)?\s*\*\s*(?:math\.|torch\.)?\w*sin\w*"),
 }
 
 
@@ -105,7 +114,8 @@ def test_the_scan_sees_files_and_sde_itself_would_be_caught():
     assert len(scanned_files()) >= 3
     names = {name for _, name, _ in find_violations(THE_SOURCE.read_text(encoding="utf-8"))}
     assert {"CPS angle sin/cos(eta*pi/2)", "sigma=1 rule: sigma == 1 / >= 1",
-            "Flow-SDE prefactor eta*sqrt(sigma/(1-sigma))"} <= names, names
+            "Flow-SDE prefactor eta*sqrt(sigma/(1-sigma))", "score-drift factor (1-sigma)/(2*sigma)",
+            "CPS mean coefficient (1-sigma_next)*sigma"} <= names, names
 
 
 PLANTED = [
@@ -125,6 +135,12 @@ PLANTED = [
     ("den = torch.where(sigma >= 1.0, sigma_next, sigma)\n", "sigma=1 rule: sigma == 1 / >= 1"),
     ("s_t = eta * torch.sqrt(sigma / (1 - sigma))\n", "Flow-SDE prefactor eta*sqrt(sigma/(1-sigma))"),
     ("s_t = eta * math.sqrt(t / (1.0 - t_clamped))\n", "Flow-SDE prefactor eta*sqrt(sigma/(1-sigma))"),
+    ("c = dt * (1 + s_t**2 * (1.0 - sigma) / (2.0 * sigma))\n", "score-drift factor (1-sigma)/(2*sigma)"),
+    ("c = -(1.0 - sigma_next) * sigma + sigma_next * (1.0 - sigma) * cos_\n",
+     "CPS mean coefficient (1-sigma_next)*sigma"),
+    ("c = sigma * (1 - sigma_next)\n", "CPS mean coefficient (1-sigma_next)*sigma"),
+    ("var = sigma_next**2 * sin_**2\n", "CPS std sigma_next*sin"),
+    ("std = sigma_next * math.sin(a)\n", "CPS std sigma_next*sin"),
 ]
 
 NOT_VIOLATIONS = [
@@ -137,6 +153,17 @@ NOT_VIOLATIONS = [
     "n_steps = sigma_count >= 10\n",
     "if x.shape[1] == 1:\n",
 ]
+
+
+def test_re_derived_velocity_kl_coefficients_are_caught():
+    """divergence.py's velocity-space KLs as of d55510d re-derived the kernels' coefficients (Eq. 15–16):
+    the Flow-SDE velocity coefficient and the CPS mean coefficient and std are each reported."""
+    old = subprocess.run(["git", "show", "d55510d:flowdppo/divergence.py"], cwd=REPO, capture_output=True, text=True)
+    if old.returncode:
+        pytest.skip("history without d55510d (shallow clone)")
+    names = {name for _, name, _ in find_violations(old.stdout)}
+    assert {"score-drift factor (1-sigma)/(2*sigma)", "CPS mean coefficient (1-sigma_next)*sigma",
+            "CPS std sigma_next*sin"} <= names, names
 
 
 @pytest.mark.parametrize("snippet,name", PLANTED)
