@@ -41,7 +41,7 @@ class StatAccumulator:
 
 
 def step_statistics(cfg: Config, traj: Trajectory, total: StatAccumulator, per_step: Sequence[StatAccumulator],
-                    samples: Sequence[tuple[Tensor, Tensor, Tensor]], info: dist.DistInfo) -> dict:
+                    samples: Sequence[tuple[Tensor, Tensor, Tensor]], info: dist.DistInfo) -> tuple[dict, dict]:
     """The step's top-level stats (means over samples and trained steps, counterfactual rates, quantiles)
     and its `per_step` block.  samples[t] = (per-dim log r, per-dim KL_old, advantages) of trained step t."""
     log_ratio, kl_d, a = (torch.cat([p[i] for p in samples]) for i in range(3))

@@ -191,18 +191,6 @@ def expected_eval_keys(cfg, mixed_layouts: bool = False) -> set[str]:
     return keys
 
 
-def meaning(key: str) -> str:
-    """The documented meaning of a concrete key (KeyError for a key outside the vocabulary)."""
-    for table in (STEP_METRICS, EVAL_METRICS, WORLD_EVAL_METRICS, WORLD_MIXED_EVAL_METRICS):
-        if key in table:
-            return table[key]
-    for family, text in STEP_FAMILIES.items():
-        head = family.split("<", 1)[0]
-        if key.startswith(head) and "<" in family:
-            return text
-    raise KeyError(key)
-
-
 def undocumented_step_keys(record: dict, cfg, latent_dim: int) -> list[str]:
     """Keys of a metrics.jsonl record (per_step flattened to per_step.<k>.<stat>) outside this config's set."""
     top, stats = expected_step_keys(cfg, latent_dim), expected_per_step_keys(cfg)

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from flowdppo.divergence import matched_clip_eps
+
 # ---------------------------------------------------------------------------------------------------
 # The one place to rescale everything
 # ---------------------------------------------------------------------------------------------------
@@ -90,8 +92,8 @@ def paper_relative_eps(eps_paper: float, latent_dim: int = LATENT_DIM) -> float:
 
 
 def matched_eps(delta: float, latent_dim: int = LATENT_DIM) -> float:
-    """The clip ε that selects statistically like a per-dim KL mask at δ: sd(log r) = √(2δ/D)."""
-    return math.sqrt(2.0 * delta / latent_dim)
+    """The clip ε that selects statistically like a per-dim KL mask at δ (flowdppo.divergence.matched_clip_eps)."""
+    return matched_clip_eps(delta, latent_dim)
 
 
 @dataclass(frozen=True)
