@@ -215,6 +215,9 @@ class Config:
     # --- evaluation, logging, checkpoints -------------------------------------------------------------
     eval_every: int = 20
     """Evaluate every N iterations (and at 0 and at the end); 0 = never."""
+    eval_from: int = 0
+    """Skip the periodic evaluations before this iteration (the one at the end is always made). A campaign
+    whose iteration-0 evaluation is the shared base sets it to avoid re-evaluating the base in every run."""
     eval_num_steps: int = 10
     """ODE steps of the pinned evaluation regime."""
     eval_guidance_scale: float = 1.0
@@ -291,7 +294,7 @@ class Config:
         for name in ("threads", "num_minibatches", "num_steps", "eval_num_steps"):
             if getattr(self, name) < 1:
                 bad(name, f"{getattr(self, name)} < 1", f"use {name} >= 1")
-        for name, what in (("eval_every", "0 = never evaluate"), ("checkpoint_every", "0 = only at the end"),
+        for name, what in (("eval_every", "0 = never evaluate"), ("eval_from", "0 = from the start"), ("checkpoint_every", "0 = only at the end"),
                            ("micro_batch_size", "0 = the whole minibatch"), ("lora_rank", "0 = full fine-tuning"),
                            ("eval_prompts", "0 = every prompt of the split")):
             if getattr(self, name) < 0:

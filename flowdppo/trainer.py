@@ -233,7 +233,8 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
     evaluated = dist.broadcast_object({r.get("iteration") for r in read_jsonl(eval_log.path)}
                                       if start_iter and info.is_main else set(), info)
     for it in range(start_iter, cfg.iterations):
-        if cfg.eval_every and it % cfg.eval_every == 0 and (info.is_main or info.fsdp) and it not in evaluated:
+        periodic = cfg.eval_every and it % cfg.eval_every == 0 and it >= cfg.eval_from
+        if periodic and (info.is_main or info.fsdp) and it not in evaluated:
             evaluate(policy, comps, cfg, it, run_dir, eval_log, write=info.is_main)
         # --- 1. prompts and rollout ---------------------------------------------------------------
         t0 = time.perf_counter()

@@ -192,6 +192,27 @@ def test_compaction_round_trip_is_the_same_table(fixture_root, tmp_path):
         ["ood_iter00000.png", "ood_iter00006.png", "test_iter00000.png", "test_iter00006.png"]
 
 
+def test_compaction_keeps_the_step_log_and_grids_as_asked_and_records_wall_time(fixture_root, tmp_path):
+    import gzip
+    import shutil
+    rid = "single-flow_dppo-s0"
+    raw = tmp_path / "raw"
+    shutil.copytree(fixture_root / rid, raw / rid)
+    (raw / rid / "wall_seconds.json").write_text(json.dumps([{"seconds": 12.5}, {"seconds": 7.5}]))
+    compact.compact_store(raw, tmp_path / "a", [rid], keep_steps=True, grid_seeds={1})
+    a = tmp_path / "a" / rid
+    with gzip.open(a / "metrics.jsonl.gz", "rt") as f:
+        assert f.read() == (raw / rid / "metrics.jsonl").read_text()
+    assert not list((a / "samples").iterdir())            # seed 0 is not in grid_seeds
+    info = json.loads((a / "compaction.json").read_text())
+    assert info["wall_seconds"] == 20.0 and info["wall_source"] == "runner" and info["processes"] == 2
+    (raw / rid / "wall_seconds.json").unlink()
+    compact.compact_store(raw, tmp_path / "b", [rid])
+    info = json.loads((tmp_path / "b" / rid / "compaction.json").read_text())
+    assert not (tmp_path / "b" / rid / "metrics.jsonl.gz").exists()
+    assert info["wall_source"].startswith("file times") or info["wall_source"] == "unknown"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Statistics against hand-computed values
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from flowdppo.errors import ConfigError
 from flowdppo.losses import POLICY_LOSSES
 
 
-@pytest.mark.parametrize("field,value", [("num_minibatches", 0), ("threads", 0), ("eval_every", -1),
+@pytest.mark.parametrize("field,value", [("num_minibatches", 0), ("threads", 0), ("eval_every", -1), ("eval_from", -1),
                                          ("conventions", "unknown")])
 def test_construction_and_replace_validate(field, value):
     with pytest.raises(ConfigError, match=f"config.{field}"):

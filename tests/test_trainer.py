@@ -248,3 +248,15 @@ def test_cli_reports_config_errors_cleanly():
     out = subprocess.run([sys.executable, "-m", "flowdppo", "train", "delta=-1"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 2 and "config.delta" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eval_from_skips_the_early_periodic_evaluations(tmp_path):
+    """eval_every=1, eval_from=2, 3 iterations: the embedded world is evaluated at iterations 2 and 3 only
+    (the end is always evaluated), so a campaign need not re-evaluate the shared base in every run."""
+    cfg = make_config({}, [f"run_dir={tmp_path / 'run'}", "iterations=3", "eval_every=1", "eval_from=2",
+                           "eval_prompts=2", "eval_samples_per_prompt=2", "eval_probe_samples_per_prompt=2",
+                           "prompts_per_iter=2", "group_size=2", "num_minibatches=1", "num_steps=4",
+                           "sde_steps_per_traj=1", "threads=1", "progress=false", "checkpoint_every=0"])
+    train(cfg)
+    its = sorted({e["iteration"] for e in read_jsonl(tmp_path / "run" / "eval.jsonl")})
+    assert its == [2, 3]

@@ -1,8 +1,17 @@
 """Run the paper's experiments (analysis/campaign/experiments.py): missing runs are started, killed ones resumed,
 finished ones skipped; then the finished runs are compacted into the committed store.
 
+    python analysis/run_experiments.py --campaign pilot|claims [--only dppo,grpo] [--max-seed S] [--jobs 2] [--dry-run]
     python analysis/run_experiments.py [--only fig5[,c7]] [--jobs 2] [--dry-run] [--iterations N]
                                        [--raw runs/paper] [--store paper_runs] [--calibrate] [--no-compact]
+
+* `--campaign` runs the claims campaign of docs/analysis_plan.md (analysis/campaign/plan.py): `pilot` the
+  pilot's 20 runs, `claims` every cell, seed-major.  Raw runs go to runs/campaign/<campaign>/, compact ones to
+  campaign_runs/<campaign>/.  A run already in the compact store (with the registry's config) counts as
+  done, so a new checkout resumes the campaign where the committed runs stop.  Before the first `claims` run
+  the pilot's calibration is computed and written to analysis/data/campaign_calibration.json; the runner then
+  stops, so that the calibration is committed before any campaign run (the plan's order).
+  Without `--campaign`, the older figure registry (experiments.py, first world, paper_runs/) is used:
 
 * Each run is a subprocess `python -m flowdppo train run_dir=runs/paper/<run_id> threads=1 progress=false …`;
   `--jobs` of them run side by side (two 1-thread runs use 2 cores better than one 2-thread run).
@@ -66,7 +75,7 @@ class Job:
     target: int
     detail: str = ""
 
-    base: Optional[dict] = None  # config base (None = experiments.BASE)
+    base: Optional[dict] = None  # config base (None = experiments.BASE; {} = the default Config)
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "flowdppo", "train"]
@@ -84,23 +93,41 @@ def checkpoint_iteration(run_dir: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["iteration"])
 
 
-def config_conflict(spec: RunSpec, run_dir: Path, base: Optional[dict] = None) -> str:
-    """'' if run_dir/config.json is this spec's config (up to RESUME_IGNORED), else the differences."""
+def config_conflict(spec: RunSpec, run_dir: Path, base: Optional[dict] = None, run_dir_of_saved: bool = False) -> str:
+    """'' if run_dir/config.json is this spec's config (up to RESUME_IGNORED), else the differences.
+    run_dir_of_saved: compare with the run_dir the saved config names (a compact copy lives elsewhere)."""
     from flowdppo.config import config_diff, make_config
-    saved = make_config(json.loads((run_dir / "config.json").read_text()))
-    want = make_config({**spec.config_overrides(base), "run_dir": _rel(run_dir)})
+    saved_dict = json.loads((run_dir / "config.json").read_text())
+    saved = make_config(saved_dict)
+    want = make_config({**spec.config_overrides(base),
+                        "run_dir": saved_dict.get("run_dir", "") if run_dir_of_saved else _rel(run_dir)})
     diff = config_diff(saved, want, ignore=RESUME_IGNORED)
     return ", ".join(f"{k}: run has {a!r}, registry wants {b!r}" for k, (a, b) in diff.items())
 
 
-def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optional[dict] = None) -> list[Job]:
-    """What to do with each run: new, resume (killed or extended), done, or conflict (config changed)."""
+def stored_iterations(spec: RunSpec, store: Path, base: Optional[dict] = None) -> tuple[int, str]:
+    """(iterations, conflict) of the run's compact copy in `store`; (0, '') if it has none."""
+    d = store / spec.run_id
+    if not (d / "compaction.json").exists():
+        return 0, ""
+    conflict = config_conflict(spec, d, base, run_dir_of_saved=True)
+    return int(json.loads((d / "compaction.json").read_text()).get("iterations", 0)), conflict
+
+
+def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optional[dict] = None,
+         store: Optional[Path] = None) -> list[Job]:
+    """What to do with each run: new, resume (killed or extended), done (raw or, given `store`, its compact
+    copy), or conflict (config changed)."""
     jobs = []
     for spec in specs:
         run_dir = raw / spec.run_id
         target = iterations or int(spec.config_overrides(base)["iterations"])
         if not (run_dir / "config.json").exists():
-            jobs.append(Job(spec, run_dir, "new", 0, target, base=base))
+            done, conflict = stored_iterations(spec, store, base) if store is not None else (0, "")
+            if conflict:
+                jobs.append(Job(spec, store / spec.run_id, "conflict", 0, target, conflict, base=base))
+            else:
+                jobs.append(Job(spec, run_dir, "done" if done and done >= target else "new", done, target, base=base))
             continue
         conflict = config_conflict(spec, run_dir, base)
         if conflict:
@@ -111,11 +138,13 @@ def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optio
     return jobs
 
 
-def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path) -> dict[str, int]:
-    """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}."""
+def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None) -> dict[str, int]:
+    """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}.  on_success(run_id) is called
+    as each run finishes with return code 0."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     pending, running, codes = list(jobs), {}, {}
+    jobs_by_id = {j.spec.run_id: j for j in jobs}
     t0 = time.time()
     try:
         while pending or running:
@@ -134,6 +163,9 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path) -> dict[str, int]:
                 if rc is not None:
                     log.close()
                     codes[rid] = rc
+                    _record_wall(jobs_by_id[rid], started, rc)
+                    if rc == 0 and on_success is not None:
+                        on_success(rid)
                     del running[rid]
                     status = "ok" if rc == 0 else f"FAILED rc={rc} (see {log_dir / (rid + '.log')})"
                     print(f"[{time.time() - t0:7.0f} s] finish {rid} in {time.time() - started:.0f} s: {status}",
@@ -150,6 +182,19 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path) -> dict[str, int]:
             log.close()
         raise
     return codes
+
+
+def _record_wall(job: Job, started: float, rc: int) -> None:
+    """Append this trainer process's wall time to the run's wall_seconds.json (compaction sums it: the
+    campaign's compute is reported as measured 1-thread core-hours)."""
+    path = job.run_dir / "wall_seconds.json"
+    if not job.run_dir.exists():
+        return
+    entries = json.loads(path.read_text()) if path.exists() else []
+    entries.append({"state": job.state, "from": job.done_iterations, "to": job.target, "rc": rc,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "seconds": round(time.time() - started, 1)})
+    path.write_text(json.dumps(entries, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,7 +253,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-compact", action="store_true", help="skip compaction into --store")
     ap.add_argument("--per-iteration-s", type=float, default=None,
                     help="1-thread BASE iteration time for the estimate (default: the calibration's, else 1.0)")
+    ap.add_argument("--campaign", choices=("pilot", "claims"), default=None,
+                    help="run the claims campaign of docs/analysis_plan.md (its pilot, or its cells)")
+    ap.add_argument("--max-seed", type=int, default=None, help="--campaign claims: only seeds <= this")
     args = ap.parse_args(argv)
+    if args.campaign:
+        return main_campaign(args)
     raw, store, cal_file = Path(args.raw), Path(args.store), Path(args.calibration_file)
 
     calibration = experiments.load_calibration(cal_file)
@@ -247,6 +297,61 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"(limit {compact.STORE_LIMIT_BYTES / 2**20:.0f} MiB)")
         for rid, why in info["damaged"].items():
             print(f"NOT compacted (damaged log): {rid}: {why}")
+    if failed:
+        print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
+    return 1 if failed or by_state.get("conflict") else 0
+
+
+def main_campaign(args: argparse.Namespace) -> int:
+    """The claims campaign: --campaign pilot | claims (module docstring)."""
+    from analysis.campaign import plan as cplan
+    raw, store = cplan.RAW / args.campaign, cplan.STORE / args.campaign
+    only = [k.strip() for k in args.only.split(",") if k.strip()] or None
+    if args.campaign == "pilot":
+        specs = cplan.pilot_runs()
+    else:
+        calibration = cplan.load_calibration()
+        if calibration is None:
+            try:
+                calibration = cplan.calibrate(cplan.STORE / "pilot")
+            except FileNotFoundError as err:
+                print(f"no calibration yet: {err}")
+                return 1
+            cplan.CALIBRATION_FILE.parent.mkdir(parents=True, exist_ok=True)
+            cplan.CALIBRATION_FILE.write_text(json.dumps(calibration, indent=2) + "\n")
+            print(f"calibration written to {_rel(cplan.CALIBRATION_FILE)}: ε_fire = {calibration['eps_fire']:g}, "
+                  f"δ_hi = {calibration['delta_hi']:g}, n = {calibration['n_seeds']} seeds "
+                  f"({calibration['n_needed_at_effect']} needed at Δ* = {calibration['effect']:.4g}). "
+                  "Commit it before the campaign's runs (the plan's order), then run this again.")
+            return 0
+        specs = cplan.campaign_runs(calibration, only, args.max_seed)
+    jobs = plan(specs, raw, None, base={}, store=store)
+    by_state: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_state.setdefault(j.state, []).append(j)
+    print(f"{args.campaign}: {len(jobs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in by_state.items()))
+    for j in by_state.get("conflict", []):
+        print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
+    todo = [j for j in jobs if j.state in ("new", "resume")]
+    if args.dry_run:
+        for j in todo:
+            print(f"  {j.state:6s} {j.spec.run_id:24s} " + " ".join(j.command()[3:]))
+        return 0
+    keep_steps, grid_seeds = (True, None) if args.campaign == "pilot" else (False, {0})
+
+    def compact_finished(run_id: str) -> None:
+        # each run is compacted as soon as it finishes, so a session that stops mid-campaign loses nothing
+        # that has finished (commit campaign_runs/ as you go)
+        info = compact.compact_store(raw, store, [run_id], keep_steps=keep_steps, grid_seeds=grid_seeds)
+        for rid, why in info["damaged"].items():
+            print(f"NOT compacted (damaged log): {rid}: {why}", flush=True)
+
+    if not args.no_compact:   # finished raw runs whose compaction was missed (a runner stopped in between)
+        for j in by_state.get("done", []):
+            if j.run_dir.parent == raw and not (store / j.spec.run_id / "compaction.json").exists():
+                compact_finished(j.spec.run_id)
+    codes = run_pool(todo, args.jobs, raw / "_logs", on_success=None if args.no_compact else compact_finished)
+    failed = [k for k, v in codes.items() if v != 0]
     if failed:
         print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
     return 1 if failed or by_state.get("conflict") else 0

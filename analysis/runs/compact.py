@@ -46,8 +46,27 @@ def _final_iteration(evals: list[dict]) -> Optional[int]:
     return max(its) if its else None
 
 
-def compact_run(src: Path, dst: Path) -> int:
-    """Write the compact copy of run `src` into `dst` (replaced); returns its size in bytes."""
+def wall_seconds(src: Path) -> dict:
+    """The run's wall time: summed from wall_seconds.json (the campaign runner writes one entry per trainer
+    process) or, for a run started by hand, estimated from run.json's start to the last log write."""
+    src = Path(src)
+    if (src / "wall_seconds.json").exists():
+        entries = json.loads((src / "wall_seconds.json").read_text())
+        return {"wall_seconds": round(sum(e["seconds"] for e in entries), 1), "wall_source": "runner",
+                "processes": len(entries)}
+    try:
+        started = time.mktime(time.strptime(json.loads((src / "run.json").read_text())["started"], "%Y-%m-%dT%H:%M:%S"))
+    except (FileNotFoundError, KeyError, ValueError):
+        return {"wall_seconds": None, "wall_source": "unknown"}
+    last = max((src / n).stat().st_mtime for n in ("metrics.jsonl", "eval.jsonl") if (src / n).exists())
+    return {"wall_seconds": round(last - started, 1), "wall_source": "file times (run.json start to last log write)"}
+
+
+def compact_run(src: Path, dst: Path, keep_steps: bool = False, grid_seeds: Optional[set[int]] = None) -> int:
+    """Write the compact copy of run `src` into `dst` (replaced); returns its size in bytes.  keep_steps: also
+    keep the per-optimizer-step log, gzipped, as metrics.jsonl.gz (a pilot whose calibrations average every step).
+    grid_seeds: keep sample grids only for runs with these seeds (None = every run); a campaign of hundreds of
+    runs keeps seed 0's, which the qualitative figures show."""
     src, dst = Path(src), Path(dst)
     if not is_run_dir(src) or not (src / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{src} is not a raw run directory (needs config.json and metrics.jsonl)")
@@ -66,19 +85,26 @@ def compact_run(src: Path, dst: Path) -> int:
     rounded.to_csv(tmp / "iterations.csv", index=False)
     (tmp / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     seed = json.loads((src / "config.json").read_text()).get("seed", 0)
-    keep = [_final_iteration(evals)] + ([0] if seed == 0 else [])
+    keep_grids = grid_seeds is None or seed in grid_seeds
+    keep = ([_final_iteration(evals)] + ([0] if seed == 0 else [])) if keep_grids else []
     for it in {k for k in keep if k is not None}:
         for split in ("test", "ood"):
             p = src / "samples" / f"{split}_iter{it:05d}.png"
             if p.exists():
                 shutil.copy2(p, tmp / "samples" / p.name)
+    if keep_steps:
+        import gzip
+        with open(src / "metrics.jsonl", "rb") as f_in, open(tmp / "metrics.jsonl.gz", "wb") as raw_out, \
+                gzip.GzipFile(fileobj=raw_out, mode="wb", mtime=0) as f_out:   # mtime 0: the same bytes every time
+            shutil.copyfileobj(f_in, f_out)
     (tmp / "compaction.json").write_text(json.dumps({
         "source": _repo_relative(src), "compacted": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics_records": len(records),
         "torn_lines_skipped": torn + torn_e, "torn_lines": {"metrics.jsonl": torn, "eval.jsonl": torn_e},
         "iterations": len(iters), "float_significant_digits": SIG_DIGITS,
         "aggregation": "analysis.runs.load_runs.aggregate_iterations (off-policy-step means)",
-        "dropped": ["checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl (per optimizer step)",
-                    "intermediate sample grids", "tb/"]},
+        "dropped": ["checkpoint.pt", "checkpoint.prev.pt"] + ([] if keep_steps else ["metrics.jsonl (per optimizer step)"])
+        + ["intermediate sample grids", "tb/"], **({"kept_gzipped": "metrics.jsonl.gz"} if keep_steps else {}),
+        **wall_seconds(src)},
         indent=2) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
@@ -103,7 +129,8 @@ def dir_size(path: Path) -> int:
 
 
 def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str]] = None,
-                  limit_bytes: int = STORE_LIMIT_BYTES) -> dict:
+                  limit_bytes: int = STORE_LIMIT_BYTES, keep_steps: bool = False,
+                  grid_seeds: Optional[set[int]] = None) -> dict:
     """Compact every raw run under `src_root` (or those in run_ids) into `dst_root`.
 
     Returns {"runs": n, "bytes": store size, "skipped": [ids without a raw run], "damaged": {id: why}} — a run
@@ -116,7 +143,7 @@ def compact_store(src_root: Path, dst_root: Path, run_ids: Optional[Iterable[str
     for rid in ids:
         if is_run_dir(src_root / rid) and (src_root / rid / "metrics.jsonl").exists():
             try:
-                compact_run(src_root / rid, dst_root / rid)
+                compact_run(src_root / rid, dst_root / rid, keep_steps=keep_steps, grid_seeds=grid_seeds)
             except CorruptLogError as err:
                 damaged[rid] = str(err)
                 continue

@@ -1,5 +1,5 @@
-"""The decision rules of docs/analysis_plan.md §3, as pure functions (numpy/scipy; no I/O).  Not yet wired into
-analysis/runs/claims.py: the campaign that feeds them is still running (see campaign_runs/README.md).
+"""The decision rules of docs/analysis_plan.md §3, as pure functions (numpy/scipy; no I/O).  The campaign's claims
+(analysis/runs/campaign_claims.py) feed them paired differences read from campaign_runs/claims/.
 
 A primary hypothesis is a list of parts, each a set of per-seed paired differences `d_s = E(A, s) − E(B, s)`
 oriented so that the claim predicts d > 0 (superiority) or d > −M (non-inferiority at margin M). A hypothesis

@@ -1,0 +1,257 @@
+"""Claims C1–C7 decided by the pre-registered plan (docs/analysis_plan.md §1, §3) from the campaign's runs.
+
+The endpoints of §1 are read from each complete run through `Run`; the paired differences of §3 go to
+analysis.runs.verdicts (Holm over the seven primaries, intersection–union composites, TOST for C7).  A claim
+whose cells lack runs is *pending* and names them; it is never judged on fewer seeds than the plan's n.
+The no-trust-region control is tested on its own (one-sided, α = 0.05) outside the Holm family.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from analysis.campaign import plan as cplan
+from analysis.runs import verdicts as V
+from analysis.runs.load_runs import Run, load_run
+
+
+# ---------------------------------------------------------------------------------------------------
+# §1 endpoints
+# ---------------------------------------------------------------------------------------------------
+def _last_quarter_start(run: Run) -> float:
+    return 0.75 * int(run.config["iterations"])
+
+
+def e_metric(run: Run, metric: str, split: str = "test") -> float:
+    """E_<metric>: mean over the evaluations in the run's last quarter (75 and 100 of 100; 300 of 300)."""
+    it, v = run.eval_series(metric, split)
+    keep = it >= _last_quarter_start(run)
+    return float(np.mean(v[keep])) if keep.any() else np.nan
+
+
+def iter_tail(run: Run, column: str) -> float:
+    """Mean of a per-iteration column over the last quarter of the iterations (R_final, K_ref)."""
+    it, v = run.series(column)
+    keep = it >= _last_quarter_start(run)
+    return float(np.nanmean(v[keep])) if keep.any() else np.nan
+
+
+def r_early_ink(run: Run) -> float:
+    """R_early_ink: mean reward/ink_mean over the first quarter of the iterations minus its iteration-0 value."""
+    it, v = run.series("reward/ink_mean")
+    head = it < 0.25 * int(run.config["iterations"])
+    return float(np.mean(v[head]) - v[it == 0][0]) if head.any() and (it == 0).any() else np.nan
+
+
+ENDPOINTS: dict[str, Callable[[Run], float]] = {
+    "E_test": lambda r: e_metric(r, "tifa"),
+    "E_ood_fid": lambda r: e_metric(r, "fid", "ood"),
+    "E_agreement": lambda r: e_metric(r, "agreement"),
+    "E_realism": lambda r: e_metric(r, "realism"),
+    "E_ink": lambda r: e_metric(r, "ink"),
+    "E_accuracy": lambda r: e_metric(r, "accuracy"),
+    "R_final": lambda r: iter_tail(r, "reward/tifa_mean"),
+    "R_early_ink": r_early_ink,
+    "K_ref": lambda r: iter_tail(r, "ref_kl_per_dim"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs of the store
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Campaign:
+    store: Path
+    calibration: Optional[dict]
+    runs: dict[str, Run] = field(default_factory=dict)     # complete runs only
+    partial: dict[str, str] = field(default_factory=dict)   # run_id → why it does not count
+
+    @classmethod
+    def load(cls, store: Path = cplan.STORE / "claims", calibration: Optional[dict] = None) -> "Campaign":
+        cal = calibration if calibration is not None else cplan.load_calibration()
+        c = cls(Path(store), cal)
+        if c.store.exists():
+            for d in sorted(p for p in c.store.iterdir() if (p / "config.json").exists()):
+                run = load_run(d)
+                if run.partial:
+                    c.partial[d.name] = run.partial_reason
+                else:
+                    c.runs[d.name] = run
+        return c
+
+    def expected(self, cell: str) -> list[str]:
+        cells = cplan.cells(self.calibration)
+        if cell not in cells:
+            return []
+        n, n_reuse = cplan.seed_counts(self.calibration)
+        return [f"{cell}-s{s}" for s in cplan.seeds_of(cells[cell], n, n_reuse)]
+
+    def missing(self, cell: str) -> list[str]:
+        if cell not in cplan.cells(self.calibration):      # a calibrated cell before the calibration exists
+            return [f"{cell}-s*"]
+        return [r for r in self.expected(cell) if r not in self.runs]
+
+    def values(self, cell: str, endpoint: str) -> dict[int, float]:
+        """{seed: endpoint} over the cell's complete runs."""
+        out = {}
+        for rid in self.expected(cell):
+            if rid in self.runs:
+                out[self.runs[rid].seed] = ENDPOINTS[endpoint](self.runs[rid])
+        return out
+
+    def paired(self, a: str, b: str, endpoint: str, endpoint_b: Optional[str] = None, sign: float = 1.0) -> list[float]:
+        """d_s = sign·(E(a, s) − E(b, s)) over the seeds both cells have."""
+        va, vb = self.values(a, endpoint), self.values(b, endpoint_b or endpoint)
+        return [sign * (va[s] - vb[s]) for s in sorted(set(va) & set(vb))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# §3 hypotheses
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ClaimSpec:
+    key: str
+    statement: str
+    cells: tuple[str, ...]
+    build: Callable[[Campaign], list[V.Part]]
+    endpoint: str
+
+
+def _noninf(c: Campaign, a: str, b: str, metrics: tuple[str, ...]) -> list[V.Part]:
+    return [V.Part(f"E_{m}({a}) − E_{m}({b}) > −{cplan.MARGINS[m]:g}",
+                   c.paired(a, b, "E_test" if m == "tifa" else f"E_{m}"), margin=cplan.MARGINS[m]) for m in metrics]
+
+
+CLAIMS: list[ClaimSpec] = [
+    ClaimSpec("C1", "Flow-DPPO reaches a higher in-domain reward at a lower KL to the reference than Flow-GRPO",
+              ("dppo", "grpo"),
+              lambda c: [V.Part("E_test(dppo) − E_test(grpo) > 0", c.paired("dppo", "grpo", "E_test"),
+                                equivalence_margin=cplan.MARGINS["tifa"]),
+                         V.Part("K_ref(grpo) − K_ref(dppo) > 0", c.paired("grpo", "dppo", "K_ref"))], "E_test"),
+    ClaimSpec("C2", "Flow-DPPO forgets less out of domain", ("dppo", "grpo"),
+              lambda c: [V.Part("E_ood_fid(grpo) − E_ood_fid(dppo) > 0", c.paired("grpo", "dppo", "E_ood_fid"))],
+              "E_ood_fid"),
+    ClaimSpec("C3", "under GDPO, Flow-DPPO raises the in-domain reward without sacrificing another objective",
+              ("multi_dppo", "multi_grpo"),
+              lambda c: [V.Part("E_test(multi_dppo) − E_test(multi_grpo) > 0",
+                                c.paired("multi_dppo", "multi_grpo", "E_test"), equivalence_margin=cplan.MARGINS["tifa"])]
+              + _noninf(c, "multi_dppo", "multi_grpo", ("agreement", "realism", "ink")), "E_test"),
+    ClaimSpec("C4", "with sample reuse, ratio clipping degrades where Flow-DPPO does not",
+              ("reuse_dppo", "reuse_grpo_noise"),
+              lambda c: [V.Part("R_final(reuse_dppo) − R_final(reuse_grpo_noise) > 0",
+                                c.paired("reuse_dppo", "reuse_grpo_noise", "R_final"))], "R_final"),
+    ClaimSpec("C5", "the asymmetry is necessary", ("asym_hi", "sym_hi"),
+              lambda c: [V.Part("E_test(asym_hi) − E_test(sym_hi) > 0", c.paired("asym_hi", "sym_hi", "E_test"),
+                                equivalence_margin=cplan.MARGINS["tifa"])], "E_test"),
+    ClaimSpec("C6", "a moderate β suppresses early hacking without hurting final rewards",
+              ("multi_dppo", "multi_dppo_b0"),
+              lambda c: [V.Part("R_early_ink(multi_dppo_b0) − R_early_ink(multi_dppo) > 0",
+                                c.paired("multi_dppo_b0", "multi_dppo", "R_early_ink"))]
+              + _noninf(c, "multi_dppo", "multi_dppo_b0", ("tifa", "agreement", "realism")), "R_early_ink"),
+    ClaimSpec("C7", "the KL criterion matters beyond the trust region's tightness", ("dppo", "clip_fire"),
+              lambda c: [V.Part("E_test(dppo) − E_test(clip_fire) ≠ 0", c.paired("dppo", "clip_fire", "E_test"),
+                                two_sided=True, equivalence_margin=cplan.MARGIN_C7)], "E_test"),
+]
+
+
+@dataclass
+class Verdict:
+    key: str
+    statement: str
+    verdict: str
+    p: float
+    level: float
+    detail: str
+    parts: list[tuple[str, float, tuple[float, float], int]]   # label, mean, 95 % CI, n
+    missing: list[str]
+
+
+def decide(c: Campaign) -> tuple[list[Verdict], dict]:
+    """The seven primaries' verdicts (Holm) and the no-trust-region control."""
+    hyps, specs = [], {}
+    for cs in CLAIMS:
+        parts = cs.build(c)
+        hyps.append(V.Hypothesis(cs.key, parts, expected_n=len(c.expected(cs.cells[0]))))
+        specs[cs.key] = (cs, parts)
+    out = []
+    for d in V.decide(hyps):
+        cs, parts = specs[d.key]
+        missing = [r for cell in cs.cells for r in c.missing(cell)]
+        if missing:      # a hypothesis with a missing cell run is pending even if n is reached elsewhere
+            verdict, detail = V.PENDING, f"{len(missing)} runs missing"
+        else:
+            verdict, detail = d.verdict, d.detail
+        rows = []
+        for p in parts:
+            x = np.asarray(p.d, float)
+            rows.append((p.label, float(x.mean()) if x.size else np.nan, V.t_ci(x, 0.95), int(x.size)))
+        out.append(Verdict(d.key, cs.statement, verdict, d.p, d.level, detail, rows, missing))
+    d_ctrl = c.paired("dppo", "no_tr", "E_test")
+    ctrl_missing = c.missing("dppo") + c.missing("no_tr")
+    control = {"hypothesis": "E_test(dppo) − E_test(no_tr) > 0 (one-sided, α = 0.05, outside the Holm family)",
+               "n": len(d_ctrl), "mean": float(np.mean(d_ctrl)) if d_ctrl else np.nan,
+               "ci95": V.t_ci(d_ctrl, 0.95), "p": V.one_sided_p(d_ctrl),
+               "missing": ctrl_missing}
+    control["verdict"] = (V.PENDING if ctrl_missing else
+                          ("a trust region matters here" if control["p"] <= 0.05 else "not shown"))
+    return out, control
+
+
+def status_table(c: Campaign) -> list[tuple[str, str, int, int]]:
+    """(cell, role, complete runs, planned runs) for every campaign cell."""
+    rows = []
+    for name, cell in cplan.cells(c.calibration).items():
+        exp = c.expected(name)
+        rows.append((name, cell.role, sum(r in c.runs for r in exp), len(exp)))
+    return rows
+
+
+def _est(mean: float, ci: tuple[float, float], n: int) -> str:
+    if n < 2:
+        return f"n = {n}"
+    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}], n = {n}"
+
+
+def markdown(c: Campaign) -> str:
+    """The campaign section of paper_figures/README.md."""
+    verdict_rows, control = decide(c)
+    cal = c.calibration
+    lines = ["## Claims campaign (docs/analysis_plan.md)", ""]
+    if cal is None:
+        lines += ["The pilot's calibration (analysis/data/campaign_calibration.json) does not exist yet: every claim "
+                  "is pending.", ""]
+    else:
+        lines += [f"Calibration from the pilot (seeds {cal['pilot_seeds'][0]}–{cal['pilot_seeds'][-1]}): "
+                  f"ε_fire = {cal['eps_fire']:g} (the mask blocks {cal['mask_blocked_rate']:.3f} of samples), "
+                  f"δ_hi = {cal['delta_hi']:g} (median KL_old per dim {cal['kl_old_median_per_dim']:.3g}); "
+                  f"per-seed sd of the paired E_test difference {cal['sd_paired_diff']:.4f}, GRPO's gain "
+                  f"{cal['gain_grpo']:.3f}, so Δ* = {cal['paper_relative_gain_median']:.3f} × gain = {cal['effect']:.4f}. "
+                  f"80 % power at α/7 needs {cal['n_needed_at_effect']} seeds "
+                  f"({cal['n_needed_at_optimistic_effect']} at the optimistic Δ = {cal['effect_optimistic']:.4f}); "
+                  f"the plan's cap gives n = {cal['n_seeds']} (power {cal['power_at_n_seeds']:.2f} at Δ*). "
+                  f"Estimated compute at n everywhere: {cal['budget']['core_hours_all_n']:.1f} core-hours "
+                  f"(budget {cal['budget_core_hours']:g}), so the sample-reuse (C4) cells keep "
+                  f"{cal['n_seeds_reuse']} seeds ({cal['budget']['core_hours_reuse_at_8']:.1f} core-hours).", ""]
+    lines += ["| claim | verdict | primary part: mean [95 % CI], n | p (IUT) | Holm level | note |",
+              "|---|---|---|---|---|---|"]
+    for v in verdict_rows:
+        label, mean, ci, n = v.parts[0]
+        note = (f"missing {len(v.missing)} runs" if v.missing else v.detail.split("; ")[-1])
+        pending = v.verdict == V.PENDING
+        lines.append(f"| {v.key} | **{v.verdict}** | {label}: {_est(mean, ci, n)} | {'–' if pending else f'{v.p:.3g}'} | "
+                     f"{'–' if pending else f'{v.level:.4f}'} | {note} |")
+    lines += ["", "Every part of each composite (exploratory reading of the parts):", ""]
+    for v in verdict_rows:
+        for label, mean, ci, n in v.parts:
+            lines.append(f"- {v.key}: {label}: {_est(mean, ci, n)}")
+    lines += ["", f"No-trust-region control: {control['hypothesis']}: {_est(control['mean'], control['ci95'], control['n'])}, "
+              f"p = {control['p']:.3g}: **{control['verdict']}**.", "",
+              "Runs per cell (complete / planned):", "", "| cell | role | runs |", "|---|---|---|"]
+    for name, role, have, want in status_table(c):
+        lines.append(f"| `{name}` | {role} | {have} / {want} |")
+    if c.partial:
+        lines += ["", "Partial runs (not counted): " + ", ".join(f"{k} ({why})" for k, why in c.partial.items())]
+    return "\n".join(lines) + "\n"

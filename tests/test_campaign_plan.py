@@ -1,0 +1,185 @@
+"""The claims campaign's registry (analysis/campaign/plan.py), its runner mode, and the verdict pipeline
+(analysis/runs/campaign_claims.py) on synthetic runs whose effects are known."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.campaign import plan as cplan
+from analysis.campaign import runner
+from analysis.runs import campaign_claims as CC
+from analysis.runs import verdicts as V
+from analysis.runs.load_runs import Run
+from flowdppo.config import make_config
+
+CAL = {"n_seeds": 8, "eps_fire": 8.3e-4, "delta_hi": 1e-6, "pilot_seeds": [100, 109], "mask_blocked_rate": 0.05,
+       "kl_old_median_per_dim": 2.5e-5, "sd_paired_diff": 0.02, "gain_grpo": 0.27, "paper_relative_gain_median": 0.045,
+       "effect": 0.012, "n_needed_at_effect": 30, "n_needed_at_optimistic_effect": 5, "effect_optimistic": 0.05,
+       "power_at_n_seeds": 0.4, "budget": {"core_hours_all_n": 12.0, "core_hours_reuse_at_8": 10.0},
+       "budget_core_hours": 15.0, "n_seeds_reuse": 8}
+
+
+def test_eps_fire_interpolates_log_linearly_between_the_bracketing_grid_points():
+    grid = {1e-5: 0.37, 1e-4: 0.28, 8.8e-4: 0.044, 1e-3: 0.036, 1e-2: 0.0}
+    target = 0.049
+    w = (0.28 - target) / (0.28 - 0.044)
+    want = float(f"{math.exp(math.log(1e-4) + w * math.log(8.8)):.1e}")
+    assert cplan.eps_fire_from_rates(grid, target) == want
+    assert cplan.eps_fire_from_rates(grid, 0.28) == 1e-4          # a grid point is its own ε
+    with pytest.raises(ValueError, match="bracket"):
+        cplan.eps_fire_from_rates(grid, 0.9)
+
+
+@pytest.mark.parametrize("median,want", [(2.6e-5, 1e-6), (9.9e-5, 1e-6), (1e-4, 1e-5), (3e-7, 1e-8)])
+def test_delta_hi_is_a_tenth_of_the_median_rounded_down_to_a_power_of_ten(median, want):
+    assert math.isclose(cplan.delta_hi_from_median(median), want)
+
+
+def test_every_cell_is_a_valid_config_and_the_calibrated_cells_wait_for_the_calibration():
+    assert not {"asym_hi", "sym_hi", "clip_fire"} & set(cplan.cells(None))
+    cells = cplan.cells(CAL)
+    for cell in cells.values():
+        make_config({**cell.overrides, "seed": 0})
+    assert cells["grpo"].overrides["clip_range"] == 1.6e-3
+    assert cells["clip_fire"].overrides["clip_range"] == CAL["eps_fire"]
+    assert cells["sym_hi"].overrides == {**cplan.RUN, "loss": "flow_dppo_symmetric", "delta": 1e-6}
+    assert cells["reuse_dppo"].overrides["iterations"] == 300
+    # the plan's primary cells are all there
+    primary = {n for n, c in cells.items() if c.role == "primary"}
+    assert primary == {"dppo", "grpo", "multi_dppo", "multi_grpo", "multi_dppo_b0", "reuse_dppo",
+                       "reuse_grpo_noise", "asym_hi", "sym_hi", "clip_fire"}
+
+
+def test_campaign_runs_are_seed_major_with_n_seeds_and_never_a_pilot_seed():
+    runs = cplan.campaign_runs(CAL)
+    seeds = [r.seed for r in runs]
+    assert seeds == sorted(seeds)
+    assert not set(seeds) & set(cplan.PILOT_SEEDS)
+    by_cell: dict[str, list[int]] = {}
+    for r in runs:
+        by_cell.setdefault(r.cell, []).append(r.seed)
+    assert by_cell["dppo"] == list(range(8)) and by_cell["x_guard"] == [0, 1, 2]
+    assert by_cell["reuse_grpo_value"] == list(range(8))
+    assert len({r.run_id for r in runs}) == len(runs)
+    with pytest.raises(ValueError, match="unknown campaign cell"):
+        cplan.campaign_runs(None, only=["clip_fire"])
+
+
+def test_the_pilot_registry_matches_the_committed_pilot_configs():
+    """The committed pilot runs were started by hand; the registry's pilot cells must be their configs."""
+    for spec in cplan.pilot_runs():
+        d = cplan.STORE / "pilot" / spec.run_id
+        if (d / "config.json").exists():
+            assert runner.config_conflict(spec, d, base={}, run_dir_of_saved=True) == "", spec.run_id
+
+
+def _stored_run(store, spec, iterations, seed_override=None):
+    d = store / spec.run_id
+    d.mkdir(parents=True)
+    cfg = make_config({**spec.config_overrides({}), "run_dir": f"runs/campaign/claims/{spec.run_id}"})
+    if seed_override is not None:
+        cfg = cfg.replace(seed=seed_override)
+    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (d / "compaction.json").write_text(json.dumps({"iterations": iterations}))
+
+
+def test_runner_counts_a_stored_run_as_done_and_refuses_a_changed_config(tmp_path):
+    specs = cplan.campaign_runs(CAL, only=["dppo"])[:3]
+    store, raw = tmp_path / "store", tmp_path / "raw"
+    _stored_run(store, specs[0], 100)
+    _stored_run(store, specs[1], 50)                   # a compact copy of a shorter run does not count
+    jobs = runner.plan(specs, raw, None, base={}, store=store)
+    assert [j.state for j in jobs] == ["done", "new", "new"]
+    other = cplan.campaign_runs(CAL, only=["grpo"])[0]
+    _stored_run(store, type(other)(specs[2].run_id, "dppo", specs[2].seed, other.overrides), 100)
+    jobs = runner.plan(specs, raw, None, base={}, store=store)
+    assert jobs[2].state == "conflict" and "loss" in jobs[2].detail
+
+
+# ---------------------------------------------------------------------------------------------------
+# The verdict pipeline on synthetic runs
+# ---------------------------------------------------------------------------------------------------
+def _synthetic_run(rid, seed, cell_overrides, e_test, k_ref=1e-3, fid=1.0, iters=100):
+    it = np.arange(iters)
+    iters_df = pd.DataFrame({"iteration": it, "reward/tifa_mean": np.full(iters, e_test),
+                             "reward/ink_mean": np.full(iters, 0.25), "ref_kl_per_dim": np.full(iters, k_ref)})
+    rows = []
+    for e in (75, 100) if iters == 100 else (iters,):
+        for split in ("test", "ood"):
+            rows.append({"iteration": e, "split": split, "tifa": e_test, "accuracy": e_test, "agreement": 0.5,
+                         "realism": -1.0, "ink": 0.25, "fid": fid})
+    config = {**cell_overrides, "seed": seed}
+    return Run(rid, None, config, {"latent_dim": 256}, iters_df, pd.DataFrame(rows), True)
+
+
+def _campaign(effects, n=8, sd=0.01, drop=()):
+    """Every cell's runs with E_test = 0.8 + effect[cell] + seed noise shared by all cells (paired) + own noise."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.03, n)
+    c = CC.Campaign(store=None, calibration=CAL)
+    for name, cell in cplan.cells(CAL).items():
+        for s in cplan.seeds_of(cell, n):
+            rid = f"{name}-s{s}"
+            if rid in drop:
+                continue
+            e = 0.8 + effects.get(name, 0.0) + (shared[s] if s < n else 0) + rng.normal(0, sd)
+            c.runs[rid] = _synthetic_run(rid, s, cell.overrides, e, k_ref=2e-3 if name == "grpo" else 1e-3,
+                                         iters=int(cell.overrides["iterations"]))
+    return c
+
+
+def test_a_large_dppo_advantage_is_supported_and_no_effect_is_underpowered_or_equivalent():
+    verdicts, control = CC.decide(_campaign({"grpo": -0.05, "clip_fire": -0.05, "no_tr": -0.05}))
+    by = {v.key: v for v in verdicts}
+    assert by["C1"].verdict == V.SUPPORTED            # +0.05 at sd_d ≈ 0.014, K_ref ordering 2e-3 > 1e-3
+    assert by["C7"].verdict == V.SUPPORTED
+    assert by["C5"].verdict in (V.UNDERPOWERED, V.EQUIVALENT)   # no effect simulated
+    assert control["verdict"] == "a trust region matters here"
+
+
+def test_a_reversed_effect_is_refuted():
+    verdicts, _ = CC.decide(_campaign({"grpo": +0.05}))
+    assert {v.key: v for v in verdicts}["C1"].verdict == V.REFUTED
+
+
+def test_a_missing_run_makes_its_claims_pending_and_names_the_run():
+    verdicts, control = CC.decide(_campaign({"grpo": -0.05}, drop=("grpo-s3",)))
+    by = {v.key: v for v in verdicts}
+    assert by["C1"].verdict == V.PENDING and by["C1"].missing == ["grpo-s3"]
+    assert by["C2"].verdict == V.PENDING
+    assert by["C5"].verdict != V.PENDING
+    md = CC.markdown(_campaign({}, drop=("grpo-s3",)))
+    assert "pending" in md and "| `grpo` | primary | 7 / 8 |" in md
+
+
+def test_endpoints_average_the_last_quarter():
+    run = _synthetic_run("x", 0, {"iterations": 100}, 0.7)
+    run.evals.loc[run.evals["iteration"] == 75, "tifa"] = 0.6
+    assert math.isclose(CC.e_metric(run, "tifa"), 0.65)
+    run.iters.loc[run.iters["iteration"] >= 75, "reward/tifa_mean"] = 0.9
+    assert math.isclose(CC.iter_tail(run, "reward/tifa_mean"), 0.9)
+    run.iters.loc[run.iters["iteration"] < 25, "reward/ink_mean"] = np.linspace(0.25, 0.35, 25)
+    assert math.isclose(CC.r_early_ink(run), 0.05, rel_tol=1e-9)
+
+
+def test_the_reuse_cells_keep_their_own_seed_count_when_the_budget_binds():
+    runs = cplan.campaign_runs({**CAL, "n_seeds": 16, "n_seeds_reuse": 8})
+    count = {c: sum(r.cell == c for r in runs) for c in ("dppo", "reuse_dppo", "reuse_grpo_noise", "reuse_grpo_value")}
+    assert count == {"dppo": 16, "reuse_dppo": 8, "reuse_grpo_noise": 8, "reuse_grpo_value": 8}
+    c = CC.Campaign(store=None, calibration={**CAL, "n_seeds": 16, "n_seeds_reuse": 8})
+    assert len(c.expected("reuse_dppo")) == 8 and len(c.expected("dppo")) == 16
+
+
+def test_the_committed_calibration_follows_the_plan_rules_from_the_committed_pilot():
+    """analysis/data/campaign_calibration.json is what plan.calibrate computes from campaign_runs/pilot/."""
+    committed = cplan.load_calibration()
+    if committed is None:
+        pytest.skip("no calibration committed yet")
+    fresh = cplan.calibrate()
+    for key in ("eps_fire", "delta_hi", "n_seeds", "n_seeds_reuse", "n_needed_at_effect"):
+        assert fresh[key] == committed[key], key
+    assert math.isclose(fresh["sd_paired_diff"], committed["sd_paired_diff"], rel_tol=1e-9)
