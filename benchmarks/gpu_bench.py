@@ -29,7 +29,6 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,15 +37,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from flowdppo.config import make_config  # noqa: E402
-from flowdppo.dist import DistInfo  # noqa: E402
-from flowdppo.policy.pipelines import load_diffusers_policy, policy_from_pipeline  # noqa: E402
-from flowdppo.prompts import PromptItem  # noqa: E402
-from flowdppo.rollout import rollout  # noqa: E402
-from flowdppo.runlog import atomic_write_json  # noqa: E402
-from flowdppo.trainer import minibatch_assignment, policy_loss_fn, split_micro, update_minibatch  # noqa: E402
+from flowdppo.config import make_config
+from flowdppo.dist import DistInfo
+from flowdppo.policy.pipelines import load_diffusers_policy, policy_from_pipeline
+from flowdppo.prompts import PromptItem
+from flowdppo.rollout import rollout
+from flowdppo.runlog import atomic_write_json
+from flowdppo.trainer import minibatch_assignment, policy_loss_fn, split_micro, update_minibatch
 
 # SD3.5-medium transformer (its published diffusers config); 2.24 B parameters.
 SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,

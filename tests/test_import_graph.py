@@ -117,3 +117,17 @@ def test_no_import_circle_in_flowdppo():
     found = cycles(import_graph())
     assert not found, "import circles (each a set of modules that import one another): " + \
         "; ".join(" ↔ ".join(c) for c in found)
+
+
+def test_no_tracked_script_notebook_or_test_edits_sys_path():
+    """`analysis` and `flowdppo` are installed packages (pyproject.toml): scripts, notebooks and tests import them
+    as they are. The one exception loads a user's own file for the conformance suite and says so."""
+    import subprocess
+    repo = ROOT.parent
+    files = subprocess.run(["git", "ls-files", "*.py", "*.ipynb"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.split()
+    allowed = {"flowdppo/conformance/adapters.py"}
+    offenders = [f for f in files if f not in allowed and (repo / f).exists()
+                 and "sys.path.insert" in (repo / f).read_text(encoding="utf-8")
+                 and f != "tests/test_import_graph.py"]
+    assert not offenders, f"sys.path edited in {offenders}: import the installed package instead"
