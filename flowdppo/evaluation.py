@@ -17,7 +17,7 @@ from . import dist
 from .nonfinite import check_evaluation
 from .policy.base import cond_repeat
 from .prompts import PromptItem
-from .rewards.common import within_prompt_diversity
+from .scores import within_prompt_diversity
 from .assembly import sigma_grid
 from .rollout import derive_seed, sample_ode
 

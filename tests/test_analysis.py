@@ -24,7 +24,7 @@ from analysis.campaign import experiments  # noqa: E402
 from flowdppo import runlog  # noqa: E402
 from flowdppo.config import make_config  # noqa: E402
 from flowdppo.errors import CorruptLogError  # noqa: E402
-from flowdppo.evaluation import within_prompt_diversity  # noqa: E402
+from flowdppo.scores import within_prompt_diversity
 from flowdppo.trainer import Components, train  # noqa: E402
 from flowdppo.testing.toy import BrightnessReward, toy_components  # noqa: E402
 

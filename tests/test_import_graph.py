@@ -131,3 +131,27 @@ def test_no_tracked_script_notebook_or_test_edits_sys_path():
                  and "sys.path.insert" in (repo / f).read_text(encoding="utf-8")
                  and f != "tests/test_import_graph.py"]
     assert not offenders, f"sys.path edited in {offenders}: import the installed package instead"
+
+
+def package_graph() -> dict[str, set[str]]:
+    """The module graph with each subpackage of flowdppo (world, rewards, policy, …) folded into one node."""
+    def fold(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2])
+    out: dict[str, set[str]] = {}
+    for m, targets in import_graph().items():
+        a = fold(m)
+        out.setdefault(a, set())
+        for t in targets:
+            b = fold(t)
+            out.setdefault(b, set())
+            if b != a and b != "flowdppo" and a != "flowdppo":
+                out[a].add(b)
+    return out
+
+
+def test_no_two_subpackages_import_each_other():
+    """Layering, not only modules: e.g. the reward registry may know the embedded world's rewards, but then the
+    world does not reach back into flowdppo.rewards (shared score checks live in the leaf flowdppo.scores)."""
+    found = cycles(package_graph())
+    assert not found, "package circles: " + "; ".join(" ↔ ".join(c) for c in found)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..prompts import PromptItem
+from ..scores import check_scores  # noqa: F401  (re-exported: flowdppo.rewards.check_scores)
 
 
 @runtime_checkable
@@ -20,18 +21,6 @@ class Reward(Protocol):
     name: str
 
     def __call__(self, images: Tensor, items: Sequence[PromptItem]) -> Tensor: ...
-
-
-def check_scores(name: str, scores: Tensor, batch: int) -> Tensor:
-    """Validate a reward's output: shape [batch], all finite.  Raises ValueError naming the reward."""
-    scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
-    if scores.shape[0] != batch:
-        raise ValueError(f"reward {name!r} returned {scores.shape[0]} scores for {batch} images")
-    bad = ~torch.isfinite(scores)
-    if bool(bad.any()):
-        raise ValueError(f"reward {name!r} returned NaN/inf for {int(bad.sum())} of {batch} images "
-                         f"(first at index {int(bad.nonzero()[0])}); fix the reward model or its inputs")
-    return scores
 
 
 def score(rewards: dict[str, Reward], images: Tensor, items: list[PromptItem]) -> Tensor:

@@ -1,7 +1,6 @@
 """Small helpers shared by the rewards: device choice, tensor → PIL, CLIP-style image preprocessing."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -60,14 +59,3 @@ def clip_pixel_values(images: Tensor, *, size: int, crop: int, mean, std) -> Ten
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
-
-
-def within_prompt_diversity(images: Tensor, group_size: int) -> float:
-    """Mean pairwise RMS pixel distance between samples of the same prompt (consecutive groups of `group_size`),
-    averaged over prompts: the `diversity` of every evaluation."""
-    if group_size < 2 or images.shape[0] % group_size:
-        raise ValueError(f"diversity needs group_size >= 2 dividing the batch ({images.shape[0]}), got {group_size}")
-    x = images.float().cpu().flatten(1).reshape(-1, group_size, images[0].numel())   # [P, G, D]
-    d = torch.cdist(x, x) / math.sqrt(x.shape[-1])                                    # RMS distances
-    iu = torch.triu_indices(group_size, group_size, 1)
-    return float(d[:, iu[0], iu[1]].mean())

@@ -28,8 +28,7 @@ import torch
 from torch import Tensor
 
 from ..prompts import PromptItem
-from ..rewards.base import check_scores
-from ..rewards.common import within_prompt_diversity
+from ..scores import check_scores, within_prompt_diversity
 from .data import BLANK_CLASS, EMPTY, blank_cells, cells_of, digit_splits
 from .judges import load_judges
 
