@@ -186,8 +186,10 @@ def test_compaction_round_trip_is_the_same_table(fixture_root, tmp_path):
     np.testing.assert_allclose(small.iters[cols].to_numpy(float), raw.iters[cols].to_numpy(float), rtol=1e-3,
                                atol=1e-12)
     np.testing.assert_allclose(small.iters["ratio_mean"] - 1, raw.iters["ratio_mean"] - 1, rtol=1e-3, atol=1e-9)
-    assert sorted(p.name for p in (tmp_path / "store" / rid / "samples").iterdir()) == \
-        ["ood_iter00000.png", "ood_iter00006.png", "test_iter00000.png", "test_iter00006.png"]
+    kept = sorted(p.name for p in (tmp_path / "store" / rid / "samples").iterdir())
+    pngs = ["ood_iter00000.png", "ood_iter00006.png", "test_iter00000.png", "test_iter00006.png"]
+    sidecars = [p.replace(".png", ".json") for p in pngs if (fixture_root / rid / "samples" / p.replace(".png", ".json")).exists()]
+    assert kept == sorted(pngs + sidecars)      # each kept grid travels with its sidecar (texts, marks)
 
 
 def test_compaction_keeps_the_step_log_and_grids_as_asked_and_records_wall_time(fixture_root, tmp_path):

@@ -4,8 +4,9 @@ For each run:   config.json, run.json              copied
                 iterations.csv                      `load_runs.aggregate_iterations` of metrics.jsonl,
                                                     floats rounded to SIG_DIGITS significant digits
                 eval.jsonl                          copied (a few records per run)
-                samples/{test,ood}_iterNNNNN.png    the final grids; iteration 0 too for seed-0 runs
-                                                    (the base model: every run shares its eval seeds)
+                samples/{test,ood}_iterNNNNN.png    the final grids and their .json sidecars (prompt texts, per-cell
+                                                    marks); iteration 0 too for seed-0 runs (the base model:
+                                                    every run shares its eval seeds)
                 compaction.json                     what was dropped (incl. torn last lines), from where, when
 Dropped: checkpoint.pt / checkpoint.prev.pt, the per-optimizer-step metrics.jsonl, intermediate sample grids,
 tb/, run.lock and replaced-<time>/.
@@ -62,11 +63,13 @@ def wall_seconds(src: Path) -> dict:
     return {"wall_seconds": round(last - started, 1), "wall_source": "file times (run.json start to last log write)"}
 
 
-def compact_run(src: Path, dst: Path, keep_steps: bool = False, grid_seeds: Optional[set[int]] = None) -> int:
+def compact_run(src: Path, dst: Path, keep_steps: bool = False, grid_seeds: Optional[set[int]] = None,
+                keep_initial_grid: bool = False) -> int:
     """Write the compact copy of run `src` into `dst` (replaced); returns its size in bytes.  keep_steps: also
     keep the per-optimizer-step log, gzipped, as metrics.jsonl.gz (a pilot whose calibrations average every step).
     grid_seeds: keep sample grids only for runs with these seeds (None = every run); a campaign of hundreds of
-    runs keeps seed 0's, which the qualitative figures show."""
+    runs keeps seed 0's, which the qualitative figures show.  The iteration-0 grid (the base) is kept for seed 0
+    and wherever keep_initial_grid is set."""
     src, dst = Path(src), Path(dst)
     if not is_run_dir(src) or not (src / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{src} is not a raw run directory (needs config.json and metrics.jsonl)")
@@ -86,12 +89,13 @@ def compact_run(src: Path, dst: Path, keep_steps: bool = False, grid_seeds: Opti
     (tmp / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     seed = json.loads((src / "config.json").read_text()).get("seed", 0)
     keep_grids = grid_seeds is None or seed in grid_seeds
-    keep = ([_final_iteration(evals)] + ([0] if seed == 0 else [])) if keep_grids else []
+    keep = ([_final_iteration(evals)] + ([0] if seed == 0 or keep_initial_grid else [])) if keep_grids else []
     for it in {k for k in keep if k is not None}:
         for split in ("test", "ood"):
             p = src / "samples" / f"{split}_iter{it:05d}.png"
-            if p.exists():
-                shutil.copy2(p, tmp / "samples" / p.name)
+            for f in (p, p.with_suffix(".json")):     # the grid and its sidecar (prompt texts, per-cell marks)
+                if f.exists():
+                    shutil.copy2(f, tmp / "samples" / f.name)
     if keep_steps:
         import gzip
         with open(src / "metrics.jsonl", "rb") as f_in, open(tmp / "metrics.jsonl.gz", "wb") as raw_out, \
