@@ -183,3 +183,23 @@ def test_the_committed_calibration_follows_the_plan_rules_from_the_committed_pil
     for key in ("eps_fire", "delta_hi", "n_seeds", "n_seeds_reuse", "n_needed_at_effect"):
         assert fresh[key] == committed[key], key
     assert math.isclose(fresh["sd_paired_diff"], committed["sd_paired_diff"], rel_tol=1e-9)
+
+
+def test_smoothing_is_a_trailing_mean_over_five_iterations():
+    from analysis.runs.campaign_figures import smooth
+    v = np.arange(10.0)
+    want = [np.mean(v[max(0, i - 4):i + 1]) for i in range(10)]
+    np.testing.assert_allclose(smooth(v), want)
+
+
+def test_campaign_figures_draw_on_a_partial_campaign(tmp_path):
+    from analysis.runs import campaign_figures as CF
+    c = _campaign({"grpo": -0.02}, drop=("grpo-s3", "dppo-s5"))
+    it, d, seeds = CF.paired_curves(c, "grpo", "dppo", "reward/tifa_mean")
+    assert seeds == [0, 1, 2, 4, 6, 7] and d.shape == (6, 100)
+    np.testing.assert_allclose(d[:, -1], [c.runs[f"grpo-s{s}"].iters["reward/tifa_mean"].iloc[-1]
+                                          - c.runs[f"dppo-s{s}"].iters["reward/tifa_mean"].iloc[-1] for s in seeds])
+    made = CF.make(c, cplan.STORE / "pilot", tmp_path)
+    assert {"campaign_paired_curves.png", "campaign_endpoints.png"} <= set(made)
+    assert all((tmp_path / f).stat().st_size > 10_000 for f in made)
+    assert made["campaign_endpoints.png"]["C1"]["n"] == 6

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.runs import claims as claims_mod  # noqa: E402
-from analysis.runs import campaign_claims  # noqa: E402
+from analysis.runs import campaign_claims, campaign_figures  # noqa: E402
 from analysis.campaign import plan as cplan  # noqa: E402
 from analysis.campaign import experiments  # noqa: E402
 from analysis.runs import plots, stats  # noqa: E402
@@ -850,7 +850,10 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True, campaign_store: O
     shown = _shown(runs_root)       # the repository: committed text names no machine path
     campaign = campaign_claims.Campaign.load(campaign_store)
     campaign_verdicts, campaign_control = campaign_claims.decide(campaign)
-    write_readme(ctx, claim_list, commit, shown, campaign_claims.markdown(campaign))
+    campaign_figs = campaign_figures.make(campaign, cplan.STORE / "pilot", out)
+    campaign_md = campaign_claims.markdown(campaign) + "\nFigures: " + ", ".join(
+        f"[{f}]({f})" for f in campaign_figs) + " (`analysis/runs/campaign_figures.py` says what each shows).\n"
+    write_readme(ctx, claim_list, commit, shown, campaign_md)
     manifest = {"git_commit": commit, "uncommitted_changes": changes, "runs_root": shown, "registry_runs": len(ids),
                 "runs_found": len(runs.runs), "missing": runs.missing, "damaged": runs.damaged,
                 "torn_lines": {r.run_id: r.torn_lines for r in runs.runs.values() if r.torn_lines},
@@ -870,7 +873,7 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True, campaign_store: O
                              "control": campaign_control,
                              "cells": {name: {"role": role, "complete": have, "planned": want}
                                        for name, role, have, want in campaign_claims.status_table(campaign)},
-                             "partial": campaign.partial}}
+                             "partial": campaign.partial, "figures": campaign_figs}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=lambda x: None if x != x else x) + "\n")
     if verbose:
         print(f"{len(runs.runs)} of {len(ids)} registry runs found under {runs_root}")
