@@ -229,6 +229,11 @@ def cells(calibration: Optional[dict[str, Any]]) -> dict[str, Cell]:
                             "ref_guidance_scale": CFG_SCALE}, "exploratory", "Flow-DPPO, CFG 3"),
         Cell("x_cfg_grpo", {**RUN, **GRPO, "guidance_scale": CFG_SCALE, "eval_guidance_scale": CFG_SCALE,
                             "ref_guidance_scale": CFG_SCALE}, "exploratory", "Flow-GRPO, CFG 3"),
+        # added 2026-12-03 before any campaign run of them, outside the plan's families: the world's own question
+        # (does a trust region matter at 3× the default learning rate?), asked by the embedded-world issue
+        Cell("x_lr3_dppo", {**RUN, "lr": 3e-4}, "exploratory", "Flow-DPPO, lr 3e-4"),
+        Cell("x_lr3_grpo", {**RUN, **GRPO, "lr": 3e-4}, "exploratory", "Flow-GRPO, lr 3e-4"),
+        Cell("x_lr3_no_tr", {**RUN, "loss": "no_trust_region", "lr": 3e-4}, "exploratory", "no trust region, lr 3e-4"),
     ]
     return {c.name: c for c in out}
 
