@@ -193,6 +193,7 @@ class Bench:
                                         first_global=0)
         self.chunks = [m for mb in self.mbs for m in split_micro(mb, recipe.micro)]
         self.cfgs = {name: self._config(name) for name in ("flow_dppo", "flow_grpo")}
+        self.cfgs["flow_dppo_batched"] = self.cfgs["flow_dppo"].replace(batched_replay=True)   # one forward per micro-batch
         self.traj = None
         self.iteration = 0
 
@@ -293,9 +294,15 @@ def measure_sd3(bench: Bench, reps: int, warmup: int, label: str) -> dict:
     out["trainer_samples_per_s"] = bench.r.group / t["trainer"]
     out["bare_samples_per_s"] = bench.r.group / t["bare"]
     out["ratio_c_trainer_vs_bare"] = t["bare"] / t["trainer"]
+    # batched replay of the trained steps (config.batched_replay) vs one forward/backward per step
+    tb = interleaved({"per_step": lambda: bench.update("flow_dppo"), "batched": lambda: bench.update("flow_dppo_batched")},
+                     reps, 1, dev)
+    out["update_per_step_replay_s"], out["update_batched_replay_s"] = tb["per_step"], tb["batched"]
+    out["speedup_batched_replay"] = tb["per_step"] / tb["batched"]
     # memory
     out["peak_gib_rollout"] = peak_gib(bench.rollout, dev)
     out["peak_gib_update"] = peak_gib(lambda: bench.update("flow_dppo"), dev)
+    out["peak_gib_update_batched_replay"] = peak_gib(lambda: bench.update("flow_dppo_batched"), dev)
     print(f"[{label}] done", flush=True)
     return out
 
@@ -406,6 +413,7 @@ def print_table(res: dict) -> None:
             ("(b) DPPO ÷ GRPO iteration time", "ratio_b_dppo_vs_grpo", "≤ 1.02"),
             ("(c) trainer ÷ bare samples/s", "ratio_c_trainer_vs_bare", "≥ 0.90"),
             ("    trainer samples/s", "trainer_samples_per_s", ""),
+            ("    update speed-up, batched replay", "speedup_batched_replay", ""),
             ("    rollout s / pipeline s (one group)", None, ""),
             ("    peak GiB rollout / update", None, "")]
     phases = [k for k in ("sd3", "sd3_compiled") if k in res]
@@ -419,7 +427,8 @@ def print_table(res: dict) -> None:
             elif "rollout s" in name:
                 cells.append(f"{d['rollout_group_s']:.3f}/{d['pipeline_group_s']:.3f}")
             else:
-                cells.append(f"{_gib(d['peak_gib_rollout'])}/{_gib(d['peak_gib_update'])}")
+                cells.append(f"{_gib(d['peak_gib_rollout'])}/{_gib(d['peak_gib_update'])}"
+                             f" ({_gib(d.get('peak_gib_update_batched_replay'))} batched)")
         print(f"{name:40s}" + "".join(f"{c:>20s}" for c in cells) + f"{target:>10s}")
     if "flux_smoke" in res and "error" in res["flux_smoke"]:
         print(f"FLUX.1-dev arch smoke FAILED: {res['flux_smoke']['error']}")

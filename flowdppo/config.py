@@ -208,6 +208,12 @@ class Config:
     """Passes over each rollout batch (the paper's I1 / I2)."""
     num_minibatches: int = 4
     """Optimizer steps per epoch; the batch is split into this many minibatches."""
+    batched_replay: bool = False
+    """Replay all trained SDE steps of a micro-batch in ONE policy forward (batch = steps × micro-batch) and one
+    backward, instead of one forward/backward per step. The same loss and gradient up to float summation order
+    (tests/test_trainer.py); fewer, larger kernels on a GPU, at the price of keeping every step's activations
+    alive at once (memory × steps). The first update after a rollout is then on-policy to float precision
+    rather than bit-exact (the on-policy guard's tolerance covers it)."""
     micro_batch_size: int = 0
     """Samples per forward/backward inside a minibatch (0 = the whole minibatch). Rollout forwards use the
     same geometry, so the first update after a rollout is exactly on-policy (docs/conventions.md and tests/test_trainer.py pin it)."""

@@ -62,6 +62,17 @@ class Trajectory:
         return cond_index(self.cond, self.row_prompt[idx])
 
 
+def replay_velocities(policy: Policy, traj: Trajectory, idx: Tensor, guidance_scale: float = 1.0) -> list[Tensor]:
+    """Velocities at every trained SDE step of rows `idx` from ONE policy forward (config.batched_replay): the
+    steps' states stacked step-major, each row with its own σ, the conditioning repeated per step.  Element t is
+    the [len(idx), …] velocity at step traj.sde_indices[t], as the per-step replay computes it."""
+    n, steps = len(idx), len(traj.sde_indices)
+    x = traj.x[idx].transpose(0, 1).reshape(n * steps, *traj.x.shape[2:])
+    sigma = torch.cat([sigma_batch(float(traj.sigmas[k]), n, x) for k in traj.sde_indices])
+    v = policy.velocity(x, sigma, traj.cond_rows(idx.repeat(steps)), guidance_scale=guidance_scale).float()
+    return list(v.split(n))
+
+
 def sample_generators(seed: int, iteration: int, indices: Sequence[int], device) -> list[torch.Generator]:
     gens = []
     for j in indices:

@@ -33,7 +33,7 @@ from .divergence import delta_per_dim, gaussian_kl, matched_clip_eps
 from .evaluation import evaluate
 from .policy.base import Policy, sigma_batch
 from .rewards.base import score
-from .rollout import Trajectory, choose_sde_indices, derive_seed, rollout
+from .rollout import Trajectory, choose_sde_indices, derive_seed, replay_velocities, rollout
 from .runlog import JsonlLog, atomic_write_json, git_commit, read_jsonl, versions
 
 # Seed streams (the second part of derive_seed) — one per purpose so draws never alias.
@@ -86,10 +86,13 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
         idx = torch.as_tensor(micro, dtype=torch.long, device=traj.x.device)
         cond = traj.cond_rows(idx)
         a = adv[idx]
+        batched = replay_velocities(policy, traj, idx, cfg.guidance_scale) if cfg.batched_replay else None
+        replay_loss = torch.zeros(())
         for t, k in enumerate(traj.sde_indices):
             s, s_next = float(traj.sigmas[k]), float(traj.sigmas[k + 1])
             x = traj.x[idx, t]
-            v = policy.velocity(x, sigma_batch(s, len(micro), x), cond, guidance_scale=cfg.guidance_scale).float()
+            v = batched[t] if batched is not None else \
+                policy.velocity(x, sigma_batch(s, len(micro), x), cond, guidance_scale=cfg.guidance_scale).float()
             st = sde.step(cfg.kernel, x=x, v=v, sigma=s, sigma_next=s_next, eta=cfg.eta, x_next=traj.x_next[idx, t])
             old_mean, x_next = traj.old_mean[idx, t], traj.x_next[idx, t]
             # no log-probs passed: the loss forms log r from the residuals, exact in fp32 (sde.log_ratio)
@@ -101,7 +104,10 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
                 total_loss = per_sample + cfg.beta * kl_ref
                 stats["kl_ref"] = kl_ref.detach().mean()
                 ref_sum += kl_ref.detach().sum()
-            (total_loss.sum() / denom).backward()
+            if batched is None:
+                (total_loss.sum() / denom).backward()
+            else:
+                replay_loss = replay_loss + total_loss.sum() / denom
             loss_sum += total_loss.detach().sum(); pol_sum += per_sample.detach().sum()
             total.add(stats, len(micro))
             per_step[t].add(stats, len(micro))
@@ -109,6 +115,8 @@ def update_minibatch(policy: Policy, traj: Trajectory, rows: list[int], adv: Ten
                 log_ratio_all[t].append(sde.log_ratio(x_next, st.mean.detach(), old_mean, st.std, "per_dim"))
                 kl_all[t].append(gaussian_kl(old_mean, st.mean.detach(), st.std, "per_dim"))
                 adv_all[t].append(a)
+        if batched is not None:
+            replay_loss.backward()
     dist.average_gradients(params, info)
     grad_norm = dist.full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     applied = nonfinite.guard_step(cfg, loss=loss_sum / denom, grad_norm=grad_norm, info=info, where=where)
