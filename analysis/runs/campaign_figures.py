@@ -163,4 +163,175 @@ def make(c: CC.Campaign, pilot_store: Path, out_dir: Path) -> dict[str, dict]:
     q = fig_qualitative(c, pilot_store, out_dir / "campaign_qualitative.png")
     if q is not None:
         made["campaign_qualitative.png"] = q
+    made.update(paper_figures(c, pilot_store, out_dir))
     return made
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's figures and tables from the campaign's cells
+# ---------------------------------------------------------------------------------------------------
+SINGLE = {"Flow-DPPO": "dppo", "Flow-GRPO": "grpo", "GRPO-Guard": "x_guard", "Flow-CPS": "x_cps_grpo",
+          "Flow-DPPO + CPS": "x_cps_dppo", "no trust region": "no_tr"}
+MULTI = {"Flow-DPPO": "multi_dppo", "Flow-GRPO": "multi_grpo"}
+CFG = {"Flow-DPPO": "x_cfg_dppo", "Flow-GRPO": "x_cfg_grpo"}
+DELTAS = {"δ = 1e-5": "x_delta_1e-5", "δ = 1e-4 (default)": "dppo", "δ = 1e-3": "x_delta_1e-3",
+          "symmetric, δ = 1e-4": "x_sym_mid", "asymmetric, δ_hi": "asym_hi", "symmetric, δ_hi": "sym_hi"}
+REUSE = {"Flow-DPPO G16-I1": "dppo", "Flow-GRPO G16-I1": "grpo", "Flow-DPPO G8-I2": "reuse_dppo",
+         "Flow-GRPO G8-I2 ε=1.6e-3": "reuse_grpo_noise", "Flow-GRPO G8-I2 ε=1e-4": "reuse_grpo_value"}
+BETAS = {"β = 0": "multi_dppo_b0", "β = 0.1 (default)": "multi_dppo", "β = 1": "x_multi_beta1",
+         "β = 10": "x_multi_beta10"}
+LR3 = {"Flow-DPPO lr 3e-4": "x_lr3_dppo", "Flow-GRPO lr 3e-4": "x_lr3_grpo", "no trust region lr 3e-4": "x_lr3_no_tr",
+       "Flow-DPPO lr 1e-4": "dppo", "no trust region lr 1e-4": "no_tr"}
+COLORS = ["#377eb8", "#7f7f7f", "#984ea3", "#a6761d", "#e41a1c", "#4daf4a", "#ff7f00", "#17becf"]
+
+
+def cell_runs(c: CC.Campaign, cell: str) -> list:
+    return [c.runs[r] for r in c.expected(cell) if r in c.runs]
+
+
+def draw_cells(ax, c: CC.Campaign, cells: dict[str, str], column: str, *, x: str = "iteration",
+               scale: float = 1.0) -> list[str]:
+    """Seed mean ± 95 % t-band of a per-iteration column, each seed smoothed over SMOOTH iterations; x =
+    iteration or samples seen (rollout batch × iteration, to compare G16-I1 with G8-I2). Returns the cells drawn."""
+    from analysis.runs import plots
+    drawn = []
+    for (label, cell), color in zip(cells.items(), COLORS):
+        runs = cell_runs(c, cell)
+        rows = [smooth(r.series(column)[1]) for r in runs if column in r.iters]
+        if not rows:
+            continue
+        n = min(len(r) for r in rows)
+        it = np.arange(n, dtype=float)
+        if x == "samples":
+            cfg = runs[0].config
+            it = it * int(cfg["prompts_per_iter"]) * int(cfg["group_size"])
+        plots.curve_band(ax, it, np.array([r[:n] for r in rows]), label=label, color=color, scale=scale)
+        drawn.append(cell)
+    if not drawn:
+        ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    return drawn
+
+
+def _figure(c: CC.Campaign, out: Path, title: str, panels: list[tuple[str, dict[str, str], str, dict]]) -> dict:
+    """panels: (panel title, {label: cell}, column, kwargs of draw_cells)."""
+    import matplotlib.pyplot as plt
+    from analysis.runs import plots
+    cols = min(len(panels), 4)
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    info = {}
+    for ax, (ptitle, cells, column, kw) in zip(axes.flat, panels):
+        drawn = draw_cells(ax, c, cells, column, **kw)
+        plots.style(ax, xlabel="samples seen" if kw.get("x") == "samples" else "iteration", title=ptitle)
+        if drawn:
+            ax.legend(fontsize=6.5)
+        info[ptitle] = {cell: len(cell_runs(c, cell)) for cell in cells.values()}
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title + f" — seed mean ± 95 % t-band, each seed a {SMOOTH}-iteration trailing mean", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return info
+
+
+def endpoint_table(c: CC.Campaign, cells: dict[str, str], endpoints: list[str], base: Optional[dict] = None) -> str:
+    """Markdown: one row per cell, one column per §1 endpoint, 'mean [95 % CI] (n)' over its complete runs."""
+    from analysis.runs import stats
+    head = "| method | " + " | ".join(endpoints) + " |\n|---|" + "---|" * len(endpoints) + "\n"
+    body = ""
+    if base:
+        body += "| base (iteration 0) | " + " | ".join(f"{base.get(e, float('nan')):.4g}" if e in base else "–"
+                                                     for e in endpoints) + " |\n"
+    for label, cell in cells.items():
+        vals = []
+        for e in endpoints:
+            v = [CC.ENDPOINTS[e](r) for r in cell_runs(c, cell)]
+            ci = stats.t_interval(v)
+            vals.append("–" if ci.n == 0 else (f"{ci.mean:.4g} (n=1)" if ci.n == 1 else
+                                               f"{ci.mean:.4g} [{ci.lo:.4g}, {ci.hi:.4g}] (n={ci.n})"))
+        body += f"| {label} | " + " | ".join(vals) + " |\n"
+    return head + body
+
+
+def base_endpoints(pilot_store: Path) -> dict:
+    """The base's evaluation (the pilot's iteration-0 evaluation; the same in every run)."""
+    from analysis.runs.load_runs import load_run
+    first = next(iter(sorted(p for p in pilot_store.iterdir() if (p / "eval.jsonl").exists())), None)
+    if first is None:
+        return {}
+    run = load_run(first)
+    return {"E_test": run.initial_eval("tifa"), "E_accuracy": run.initial_eval("accuracy"),
+            "E_ood_fid": run.initial_eval("fid", "ood"), "E_agreement": run.initial_eval("agreement"),
+            "E_realism": run.initial_eval("realism"), "E_ink": run.initial_eval("ink")}
+
+
+def paper_figures(c: CC.Campaign, pilot_store: Path, out_dir: Path) -> dict[str, dict]:
+    """The paper's figures and tables from the campaign: files → what each holds (runs per cell)."""
+    made = {}
+    made["campaign_fig02_07_09_single_reward.png"] = _figure(c, out_dir / "campaign_fig02_07_09_single_reward.png",
+        "Figs 2/7/9 — single reward (tifa)", [
+            ("training tifa", SINGLE, "reward/tifa_mean", {}),
+            ("KL to the reference ×1e-3 per dim (Fig. 12)", SINGLE, "ref_kl_per_dim", {"scale": 1e3})])
+    made["campaign_fig03_delta_asymmetry.png"] = _figure(c, out_dir / "campaign_fig03_delta_asymmetry.png",
+        "Fig. 3 — δ and the asymmetry (single reward, Flow-SDE)", [
+            ("training tifa", DELTAS, "reward/tifa_mean", {}),
+            ("fraction of samples masked", DELTAS, "blocked", {})])
+    made["campaign_fig04_08_multi_reward.png"] = _figure(c, out_dir / "campaign_fig04_08_multi_reward.png",
+        "Figs 4/8 — four rewards, GDPO", [
+            (f"training {m}", MULTI, f"reward/{m}_mean", {}) for m in ("tifa", "agreement", "realism", "ink")])
+    made["campaign_fig05_multi_epoch.png"] = fig5(c, out_dir / "campaign_fig05_multi_epoch.png")
+    made["campaign_fig10_cfg.png"] = _figure(c, out_dir / "campaign_fig10_cfg.png", "Fig. 10 — CFG 3 in training", [
+        ("training tifa", CFG, "reward/tifa_mean", {}),
+        ("KL to the reference ×1e-3 per dim", CFG, "ref_kl_per_dim", {"scale": 1e3})])
+    made["campaign_fig11_13_beta.png"] = _figure(c, out_dir / "campaign_fig11_13_beta.png",
+        "Figs 11/13 — β on the exact KL to the reference (four rewards, GDPO)", [
+            ("training ink (the hackable reward)", BETAS, "reward/ink_mean", {}),
+            ("training tifa", BETAS, "reward/tifa_mean", {}),
+            ("KL to the reference ×1e-3 per dim (Fig. 13)", BETAS, "ref_kl_per_dim", {"scale": 1e3})])
+    made["campaign_lr3_trust_region.png"] = _figure(c, out_dir / "campaign_lr3_trust_region.png",
+        "Does a trust region matter? default lr and 3× (single reward)", [
+            ("training tifa", LR3, "reward/tifa_mean", {})])
+    base = base_endpoints(pilot_store)
+    ends = ["E_test", "E_accuracy", "E_ood_fid", "E_agreement", "E_realism", "E_ink", "K_ref"]
+    tables = {
+        "campaign_table1_multi_reward.md": ("Table 1 — four rewards, GDPO", MULTI),
+        "campaign_table3_4_single_cfg.md": ("Tables 3/4 — single reward, all methods, and CFG",
+                                            {**SINGLE, **{f"{k}, CFG 3": v for k, v in CFG.items()}}),
+        "campaign_table_delta_beta_lr.md": ("δ, asymmetry, β and learning rate",
+                                            {**DELTAS, **{f"GDPO {k}": v for k, v in BETAS.items()}, **LR3}),
+        "campaign_table2_ref_kl_reuse.md": ("Table 2 / Fig. 5 — sample reuse (R_final is the C4 endpoint)", REUSE),
+    }
+    for name, (title, cells) in tables.items():
+        cols = ends + (["R_final"] if "reuse" in name else [])
+        (out_dir / name).write_text(
+            f"# {title}\n\nEndpoints of docs/analysis_plan.md §1 (E_* average the evaluations of the last quarter; "
+            "K_ref, R_final the last quarter of the iterations): mean [95 % t-interval] (n complete runs). "
+            "Generated by analysis/runs/campaign_figures.py.\n\n" + endpoint_table(c, cells, cols, base))
+        made[name] = {cell: len(cell_runs(c, cell)) for cell in cells.values()}
+    return made
+
+
+def fig5(c: CC.Campaign, out: Path) -> dict:
+    """Fig. 5: sample reuse. Left: ours, training tifa against samples seen (G16-I1 at 64 samples per iteration,
+    G8-I2 at 32 with two passes each). Right: the paper's digitised Flow-SDE curves (reference only)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from analysis.runs import plots
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    draw_cells(axes[0], c, REUSE, "reward/tifa_mean", x="samples")
+    plots.style(axes[0], xlabel="samples seen", ylabel="training tifa", title="ours (Flow-SDE)")
+    axes[0].legend(fontsize=6.5)
+    digitized = Path(__file__).resolve().parents[1] / "data" / "fig5_multiepoch_digitized.csv"
+    d = pd.read_csv(digitized)
+    for setting, color in zip(("G64-I1", "G32-I2", "G64-I2"), ("#e41a1c", "#4daf4a", "#377eb8")):
+        s = d[(d["schedule"] == "flow_sde") & (d["setting"] == setting)]
+        axes[1].plot(s["epoch"], s["ratio_clip_baseline"], "--", color=color, label=f"clip {setting}")
+        axes[1].plot(s["epoch"], s["flow_dppo_variant"], "-", color=color, label=f"Flow-DPPO {setting}")
+    plots.style(axes[1], xlabel="training epoch", ylabel="training GenEval2", title="paper, SD3.5 Flow-SDE (digitised)")
+    axes[1].legend(fontsize=6.5)
+    fig.suptitle(f"Fig. 5 — sample reuse (seed mean ± 95 % t-band, {SMOOTH}-iteration trailing mean)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return {cell: len(cell_runs(c, cell)) for cell in REUSE.values()}
