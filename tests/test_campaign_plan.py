@@ -206,3 +206,21 @@ def test_campaign_figures_draw_on_a_partial_campaign(tmp_path):
     assert made["campaign_table1_multi_reward.md"] == {"multi_dppo": 8, "multi_grpo": 8}
     table = (tmp_path / "campaign_table1_multi_reward.md").read_text()
     assert "| Flow-DPPO | " in table and "(n=8)" in table
+
+
+def test_make_figures_writes_the_campaign_at_the_top_and_the_first_world_as_an_archive(tmp_path):
+    """analysis/make_figures.py on the committed (partial) campaign and an empty archive store: verdicts or
+    pending at the top, every campaign figure drawn, the archive in first_world/, within the 60 s budget."""
+    import time
+    from analysis.runs import report
+    (tmp_path / "no_runs").mkdir()
+    t0 = time.perf_counter()
+    manifest = report.make(tmp_path / "no_runs", tmp_path / "figs", cplan.STORE / "claims", verbose=False)
+    assert time.perf_counter() - t0 < 60
+    readme = (tmp_path / "figs" / "README.md").read_text()
+    assert "## Claims campaign" in readme and "first_world/README.md" in readme
+    assert set(manifest["campaign"]["verdicts"]) == {f"C{i}" for i in range(1, 8)}
+    for f in manifest["campaign"]["outputs"]:
+        assert (tmp_path / "figs" / f).exists(), f
+    assert (tmp_path / "figs" / "first_world" / "README.md").exists()
+    assert (tmp_path / "figs" / "theory_ratio_noise.png").exists()
