@@ -174,12 +174,13 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None) -> di
         print("interrupted: terminating the running trainers (resume later from their checkpoints)", flush=True)
         for rid, (proc, log, _) in running.items():
             proc.terminate()
-        for rid, (proc, log, _) in running.items():
+        for rid, (proc, log, started) in running.items():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
+            _record_wall(jobs_by_id[rid], started, proc.returncode if proc.returncode is not None else -9)
         raise
     return codes
 
