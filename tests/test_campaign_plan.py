@@ -224,3 +224,24 @@ def test_make_figures_writes_the_campaign_at_the_top_and_the_first_world_as_an_a
         assert (tmp_path / "figs" / f).exists(), f
     assert (tmp_path / "figs" / "first_world" / "README.md").exists()
     assert (tmp_path / "figs" / "theory_ratio_noise.png").exists()
+
+
+def test_run_pool_starts_nothing_after_its_deadline_and_records_each_process_wall_time(tmp_path):
+    import sys
+    import time
+
+    class Quick(runner.Job):
+        def command(self):
+            return [sys.executable, "-c", "pass"]
+
+    specs = cplan.campaign_runs(CAL, only=["dppo"])[:3]
+    jobs = [Quick(spec, tmp_path / spec.run_id, "new", 0, 1) for spec in specs]
+    for j in jobs:
+        j.run_dir.mkdir()
+    assert runner.run_pool(jobs, 1, tmp_path / "logs", start_before=time.time() - 1) == {}
+    done = []
+    codes = runner.run_pool(jobs, 2, tmp_path / "logs", on_success=done.append, start_before=time.time() + 600)
+    assert codes == {s.run_id: 0 for s in specs} and sorted(done) == sorted(s.run_id for s in specs)
+    for j in jobs:
+        (entry,) = json.loads((j.run_dir / "wall_seconds.json").read_text())
+        assert entry["rc"] == 0 and 0 < entry["seconds"] < 60

@@ -11,6 +11,9 @@ finished ones skipped; then the finished runs are compacted into the committed s
   done, so a new checkout resumes the campaign where the committed runs stop.  Before the first `claims` run
   the pilot's calibration is computed and written to analysis/data/campaign_calibration.json; the runner then
   stops, so that the calibration is committed before any campaign run (the plan's order).
+  `--first CELLS` runs those cells' seeds ≤ --first-max-seed ahead of the rest; `--start-for-min M` starts
+  runs only during the next M minutes and then waits for the running ones, so a session that must stop by a
+  deadline leaves no run half-done (its checkpoints would be lost with the checkout).
   Without `--campaign`, the older figure registry (experiments.py, first world, paper_runs/) is used:
 
 * Each run is a subprocess `python -m flowdppo train run_dir=runs/paper/<run_id> threads=1 progress=false …`;
@@ -138,9 +141,11 @@ def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optio
     return jobs
 
 
-def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None) -> dict[str, int]:
+def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
+             start_before: Optional[float] = None) -> dict[str, int]:
     """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}.  on_success(run_id) is called
-    as each run finishes with return code 0."""
+    as each run finishes with return code 0.  start_before (a time.time() value): start no job after it, and
+    return when the running ones finish (a session that must end by a deadline loses no run half-done)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     pending, running, codes = list(jobs), {}, {}
@@ -148,6 +153,9 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None) -> di
     t0 = time.time()
     try:
         while pending or running:
+            if start_before is not None and time.time() > start_before and pending:
+                print(f"[{time.time() - t0:7.0f} s] deadline: {len(pending)} runs left for later", flush=True)
+                pending = []
             while pending and len(running) < n_jobs:
                 job = pending.pop(0)
                 log = open(log_dir / f"{job.spec.run_id}.log", "a")
@@ -260,6 +268,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--first", default="", help="--campaign claims: run these cells' seeds <= --first-max-seed "
                     "before the rest (a departure from the seed-major order; say why in the plan's amendments)")
     ap.add_argument("--first-max-seed", type=int, default=2)
+    ap.add_argument("--start-for-min", type=float, default=None,
+                    help="start new runs only during the next MIN minutes, then let the running ones finish")
     args = ap.parse_args(argv)
     if args.campaign:
         return main_campaign(args)
@@ -357,7 +367,9 @@ def main_campaign(args: argparse.Namespace) -> int:
         for j in by_state.get("done", []):
             if j.run_dir.parent == raw and not (store / j.spec.run_id / "compaction.json").exists():
                 compact_finished(j.spec.run_id)
-    codes = run_pool(todo, args.jobs, raw / "_logs", on_success=None if args.no_compact else compact_finished)
+    deadline = time.time() + 60 * args.start_for_min if args.start_for_min is not None else None
+    codes = run_pool(todo, args.jobs, raw / "_logs", on_success=None if args.no_compact else compact_finished,
+                     start_before=deadline)
     failed = [k for k, v in codes.items() if v != 0]
     if failed:
         print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
