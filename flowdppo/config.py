@@ -208,6 +208,11 @@ class Config:
     """Passes over each rollout batch (the paper's I1 / I2)."""
     num_minibatches: int = 4
     """Optimizer steps per epoch; the batch is split into this many minibatches."""
+    overlap_rewards: bool = False
+    """Score each rollout chunk in a background thread while the next chunk is generated (rewards.base.ChunkScorer)
+    instead of scoring the whole batch after the rollout. The same rewards for any reward that scores each image
+    on its own (all of ours); gains most when scoring does not compete for the generator's device (the HTTP
+    `remote` reward). time/reward_s is then only the wait after the last chunk."""
     batched_replay: bool = False
     """Replay all trained SDE steps of a micro-batch in ONE policy forward (batch = steps × micro-batch) and one
     backward, instead of one forward/backward per step. The same loss and gradient up to float summation order

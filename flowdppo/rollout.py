@@ -10,7 +10,7 @@ index), so a rollout does not depend on how the batch is chunked or sharded over
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -91,13 +91,16 @@ def rollout(policy: Policy, cond: Cond, row_prompt: Tensor, items: list[PromptIt
             sde_indices: list[int],
             kernel: str, eta: float, guidance_scale: float, seed: int, iteration: int,
             global_indices: Sequence[int], chunks: Sequence[Sequence[int]], want_ref: bool = False,
-            ref_guidance_scale: float = 1.0) -> Trajectory:
+            ref_guidance_scale: float = 1.0, on_chunk: Optional[Callable[[list[int], Tensor], None]] = None
+            ) -> Trajectory:
     """Sample one batch of trajectories.
 
     cond: one row per prompt; row_prompt [B]: the prompt row of each sample; items: B samples (local to this
     rank); global_indices[b]: global sample index of row b (seeds its
     noise); chunks: row-index lists whose forwards run together — the trainer passes its epoch-0
     micro-batches so the first update replays the exact same forward geometry (ratio ≡ 1, docs/failure_modes.md: on-policy identity).
+    on_chunk(rows, final latents of those rows): called as each chunk finishes (rewards.base.ChunkScorer scores it
+    in the background while the next chunk is generated).
     """
     device = next(iter(cond.values())).device
     b_total = len(items)
@@ -135,6 +138,8 @@ def rollout(policy: Policy, cond: Cond, row_prompt: Tensor, items: list[PromptIt
             else:
                 x = sde.step("ode", x=x, v=v, sigma=s, sigma_next=s_next, eta=0.0).x_next
         final[idx] = x
+        if on_chunk is not None:
+            on_chunk(list(rows), x)
     return Trajectory(items=items, cond=cond, row_prompt=row_prompt, sigmas=sigmas, sde_indices=list(sde_indices), x=out["x"],
                       x_next=out["x_next"], old_mean=out["old_mean"], std=out["std"],
                       old_logp_per_dim=out["lp_d"], old_logp_sum=out["lp_s"], ref_mean=ref_mean, final=final)

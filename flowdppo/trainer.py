@@ -32,7 +32,7 @@ from .diagnostics import StatAccumulator, reward_stats, step_statistics
 from .divergence import delta_per_dim, gaussian_kl, matched_clip_eps
 from .evaluation import evaluate
 from .policy.base import Policy, sigma_batch
-from .rewards.base import score
+from .rewards.base import ChunkScorer, score
 from .rollout import Trajectory, choose_sde_indices, derive_seed, replay_velocities, rollout
 from .runlog import JsonlLog, atomic_write_json, git_commit, read_jsonl, versions
 
@@ -262,18 +262,22 @@ def _train(cfg: Config, plan: rundir.StartPlan, info: dist.DistInfo, components:
         epoch0 = minibatch_assignment(b_local, cfg.num_minibatches, seed=cfg.seed, iteration=it, epoch=0,
                                       first_global=first_global)
         chunks = [m for mb in epoch0 for m in split_micro(mb, cfg.micro_size)]
+        scorer = ChunkScorer(comps.rewards, items, policy.decode) if cfg.overlap_rewards else None
         with dist.gathered_for_inference(fsdp_roots, cfg.fsdp_gather_inference):
             traj = rollout(policy, cond, row_prompt, items, sigmas=sigmas, sde_indices=sde_idx, kernel=cfg.kernel,
                            eta=cfg.eta, guidance_scale=cfg.guidance_scale, seed=derive_seed(cfg.seed, _NOISE),
                            iteration=it, global_indices=global_rows, chunks=chunks, want_ref=want_ref,
-                           ref_guidance_scale=cfg.ref_guidance_scale)
+                           ref_guidance_scale=cfg.ref_guidance_scale, on_chunk=scorer.submit if scorer else None)
         nonfinite.check_rollout(cfg, traj.final, traj.old_logp_per_dim, info,
                                 where=f"iteration {it} (last checkpoint: {checkpointed})")
         # --- 2. rewards and advantages -----------------------------------------------------------
         t1 = time.perf_counter()
-        with torch.no_grad():
-            images = policy.decode(traj.final)
-            rewards_local = score(comps.rewards, images, items)
+        if scorer is not None:
+            images, rewards_local = scorer.collect()
+        else:
+            with torch.no_grad():
+                images = policy.decode(traj.final)
+                rewards_local = score(comps.rewards, images, items)
         rewards_all = dist.all_gather_cat(rewards_local, info)
         adv_all = advantages_for(cfg, rewards_all)
         adv = adv_all[first_global:first_global + b_local].to(traj.x.device)
