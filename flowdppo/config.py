@@ -244,6 +244,10 @@ class Config:
     eval_samples_per_prompt.  12 × 128 / 192 prompts: seed error ≈ 0.01 on accuracy."""
     eval_seed: int = 1234
     """Seed of the pinned evaluation noise: sample j of prompt p always starts from the same latent."""
+    sample_figures: bool = True
+    """Redraw samples/before_after_<split>.png (prompt texts, cells marked right or wrong) at each evaluation.
+    The grids and their sidecars are saved either way; false saves the figure's drawing time (≈ 3 s per split on
+    the embedded world), which a campaign of hundreds of runs does not need. A resume may change it."""
     checkpoint_every: int = 10
     """Checkpoint every N iterations (and at the end); resume restarts from the latest."""
     onpolicy_tolerance: Optional[float] = 1e-4
@@ -520,7 +524,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Fields a resume may change: how the run is executed or shown, not what it computes (plus run_dir: the
 # directory given to --resume IS the run, wherever it was moved or copied to, whatever config.json recorded).
 RESUME_MAY_CHANGE = ("run_dir", "iterations", "progress", "tensorboard", "threads", "parallel", "compile",
-                     "offload_text_encoders", "on_nonfinite")
+                     "offload_text_encoders", "on_nonfinite", "sample_figures")
 
 
 def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:

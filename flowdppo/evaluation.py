@@ -79,7 +79,8 @@ def evaluate(policy, comps: "Components", cfg: "Config", iteration: int, run_dir
                 if comps.cell_marks is not None else None
             save_grid(images, per, run_dir / "samples" / f"{split}_iter{iteration:05d}.png", max_prompts=n_grid,
                       texts=[it.text for it in items[:n_grid]], marks=marks)
-            save_before_after(run_dir / "samples", split, iteration, comps.cell_boxes)
+            if cfg.sample_figures:
+                save_before_after(run_dir / "samples", split, iteration, comps.cell_boxes)
         results[split] = metrics
     return results
 

@@ -287,14 +287,19 @@ def test_cli_reports_config_errors_cleanly():
 
 def test_eval_from_skips_the_early_periodic_evaluations(tmp_path):
     """eval_every=1, eval_from=2, 3 iterations: the embedded world is evaluated at iterations 2 and 3 only
-    (the end is always evaluated), so a campaign need not re-evaluate the shared base in every run."""
+    (the end is always evaluated), so a campaign need not re-evaluate the shared base in every run; with
+    sample_figures=false the grids are saved but no before/after figure is drawn."""
     cfg = make_config({}, [f"run_dir={tmp_path / 'run'}", "iterations=3", "eval_every=1", "eval_from=2",
                            "eval_prompts=2", "eval_samples_per_prompt=2", "eval_probe_samples_per_prompt=2",
                            "prompts_per_iter=2", "group_size=2", "num_minibatches=1", "num_steps=4",
-                           "sde_steps_per_traj=1", "threads=1", "progress=false", "checkpoint_every=0"])
+                           "sde_steps_per_traj=1", "threads=1", "progress=false", "checkpoint_every=0",
+                           "sample_figures=false"])
     train(cfg)
     its = sorted({e["iteration"] for e in read_jsonl(tmp_path / "run" / "eval.jsonl")})
     assert its == [2, 3]
+    samples = {p.name for p in (tmp_path / "run" / "samples").iterdir()}
+    assert {"test_iter00003.png", "test_iter00003.json"} <= samples         # grids and sidecars are kept
+    assert not any(n.startswith("before_after") for n in samples)           # sample_figures=false: no figure
 
 
 @pytest.mark.parametrize("micro", [0, 8])

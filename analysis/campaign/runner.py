@@ -36,7 +36,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,7 +46,9 @@ from analysis.campaign import experiments  # noqa: E402
 from analysis.campaign.experiments import RunSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RESUME_IGNORED = ("iterations", "progress", "tensorboard", "threads", "run_dir")
+from flowdppo.config import RESUME_MAY_CHANGE  # noqa: E402
+
+RESUME_IGNORED = RESUME_MAY_CHANGE     # how a run is executed or shown, not what it computes
 
 
 def cli_value(v: Any) -> str:
@@ -79,12 +81,15 @@ class Job:
     detail: str = ""
 
     base: Optional[dict] = None  # config base (None = experiments.BASE; {} = the default Config)
+    exec_fields: dict = field(default_factory=dict)   # RESUME_MAY_CHANGE fields set on the command line
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "flowdppo", "train"]
         if self.state == "resume":
-            return cmd + ["--resume", _rel(self.run_dir), "threads=1", "progress=false", f"iterations={self.target}"]
-        fields = {**self.spec.config_overrides(self.base), "iterations": self.target, "threads": 1, "progress": False}
+            return cmd + ["--resume", _rel(self.run_dir), "threads=1", "progress=false", f"iterations={self.target}"] + \
+                [f"{k}={cli_value(v)}" for k, v in self.exec_fields.items()]
+        fields = {**self.spec.config_overrides(self.base), "iterations": self.target, "threads": 1, "progress": False,
+                  **self.exec_fields}
         return cmd + [f"run_dir={_rel(self.run_dir)}"] + [f"{k}={cli_value(v)}" for k, v in fields.items()]
 
 
@@ -347,6 +352,8 @@ def main_campaign(args: argparse.Namespace) -> int:
     for j in by_state.get("conflict", []):
         print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
     todo = [j for j in jobs if j.state in ("new", "resume")]
+    for j in todo:            # a campaign run's before/after figure is never kept: skip drawing it
+        j.exec_fields = {"sample_figures": False}
     first = {k.strip() for k in args.first.split(",") if k.strip()}
     if first:     # stable: the prioritised runs keep their seed-major order among themselves, as do the rest
         todo.sort(key=lambda j: not (j.spec.cell in first and j.spec.seed <= args.first_max_seed))
