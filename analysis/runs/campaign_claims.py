@@ -118,6 +118,7 @@ class ClaimSpec:
     cells: tuple[str, ...]
     build: Callable[[Campaign], list[V.Part]]
     endpoint: str
+    test: str = "paired t, one-sided"
 
 
 def _noninf(c: Campaign, a: str, b: str, metrics: tuple[str, ...]) -> list[V.Part]:
@@ -130,30 +131,31 @@ CLAIMS: list[ClaimSpec] = [
               ("dppo", "grpo"),
               lambda c: [V.Part("E_test(dppo) − E_test(grpo) > 0", c.paired("dppo", "grpo", "E_test"),
                                 equivalence_margin=cplan.MARGINS["tifa"]),
-                         V.Part("K_ref(grpo) − K_ref(dppo) > 0", c.paired("grpo", "dppo", "K_ref"))], "E_test"),
+                         V.Part("K_ref(grpo) − K_ref(dppo) > 0", c.paired("grpo", "dppo", "K_ref"))], "E_test", "IUT: paired one-sided t on E_test and on K_ref"),
     ClaimSpec("C2", "Flow-DPPO forgets less out of domain", ("dppo", "grpo"),
               lambda c: [V.Part("E_ood_fid(grpo) − E_ood_fid(dppo) > 0", c.paired("grpo", "dppo", "E_ood_fid"))],
-              "E_ood_fid"),
+              "E_ood_fid", "paired t, one-sided"),
     ClaimSpec("C3", "under GDPO, Flow-DPPO raises the in-domain reward without sacrificing another objective",
               ("multi_dppo", "multi_grpo"),
               lambda c: [V.Part("E_test(multi_dppo) − E_test(multi_grpo) > 0",
                                 c.paired("multi_dppo", "multi_grpo", "E_test"), equivalence_margin=cplan.MARGINS["tifa"])]
-              + _noninf(c, "multi_dppo", "multi_grpo", ("agreement", "realism", "ink")), "E_test"),
+              + _noninf(c, "multi_dppo", "multi_grpo", ("agreement", "realism", "ink")), "E_test", "IUT: one-sided t on E_test, non-inferiority t on agreement, realism, ink"),
     ClaimSpec("C4", "with sample reuse, ratio clipping degrades where Flow-DPPO does not",
               ("reuse_dppo", "reuse_grpo_noise"),
               lambda c: [V.Part("R_final(reuse_dppo) − R_final(reuse_grpo_noise) > 0",
-                                c.paired("reuse_dppo", "reuse_grpo_noise", "R_final"))], "R_final"),
+                                c.paired("reuse_dppo", "reuse_grpo_noise", "R_final"))], "R_final", "paired t, one-sided"),
     ClaimSpec("C5", "the asymmetry is necessary", ("asym_hi", "sym_hi"),
               lambda c: [V.Part("E_test(asym_hi) − E_test(sym_hi) > 0", c.paired("asym_hi", "sym_hi", "E_test"),
-                                equivalence_margin=cplan.MARGINS["tifa"])], "E_test"),
+                                equivalence_margin=cplan.MARGINS["tifa"])], "E_test", "paired t, one-sided"),
     ClaimSpec("C6", "a moderate β suppresses early hacking without hurting final rewards",
               ("multi_dppo", "multi_dppo_b0"),
               lambda c: [V.Part("R_early_ink(multi_dppo_b0) − R_early_ink(multi_dppo) > 0",
                                 c.paired("multi_dppo_b0", "multi_dppo", "R_early_ink"))]
-              + _noninf(c, "multi_dppo", "multi_dppo_b0", ("tifa", "agreement", "realism")), "R_early_ink"),
+              + _noninf(c, "multi_dppo", "multi_dppo_b0", ("tifa", "agreement", "realism")), "R_early_ink", "IUT: one-sided t on R_early_ink, non-inferiority t on tifa, agreement, realism"),
     ClaimSpec("C7", "the KL criterion matters beyond the trust region's tightness", ("dppo", "clip_fire"),
               lambda c: [V.Part("E_test(dppo) − E_test(clip_fire) ≠ 0", c.paired("dppo", "clip_fire", "E_test"),
-                                two_sided=True, equivalence_margin=cplan.MARGIN_C7)], "E_test"),
+                                two_sided=True, equivalence_margin=cplan.MARGIN_C7)], "E_test",
+              "paired t, two-sided; TOST at ±0.02 if not significant"),
 ]
 
 
@@ -167,6 +169,7 @@ class Verdict:
     detail: str
     parts: list[tuple[str, float, tuple[float, float], int]]   # label, mean, 95 % CI, n
     missing: list[str]
+    test: str = ""
 
 
 def decide(c: Campaign) -> tuple[list[Verdict], dict]:
@@ -188,7 +191,7 @@ def decide(c: Campaign) -> tuple[list[Verdict], dict]:
         for p in parts:
             x = np.asarray(p.d, float)
             rows.append((p.label, float(x.mean()) if x.size else np.nan, V.t_ci(x, 0.95), int(x.size)))
-        out.append(Verdict(d.key, cs.statement, verdict, d.p, d.level, detail, rows, missing))
+        out.append(Verdict(d.key, cs.statement, verdict, d.p, d.level, detail, rows, missing, cs.test))
     d_ctrl = c.paired("dppo", "no_tr", "E_test")
     ctrl_missing = c.missing("dppo") + c.missing("no_tr")
     control = {"hypothesis": "E_test(dppo) − E_test(no_tr) > 0 (one-sided, α = 0.05, outside the Holm family)",
@@ -250,13 +253,13 @@ def markdown(c: Campaign) -> str:
                   f"Estimated compute at n everywhere: {cal['budget']['core_hours_all_n']:.1f} core-hours "
                   f"(budget {cal['budget_core_hours']:g}), so the sample-reuse (C4) cells keep "
                   f"{cal['n_seeds_reuse']} seeds ({cal['budget']['core_hours_reuse_at_8']:.1f} core-hours).", ""]
-    lines += ["| claim | verdict | primary part: mean [95 % CI], n | p (IUT) | Holm level | note |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| claim | verdict | primary part: mean [95 % CI], n | test | p | Holm level | power / note |",
+              "|---|---|---|---|---|---|---|"]
     for v in verdict_rows:
         label, mean, ci, n = v.parts[0]
         note = (f"missing {len(v.missing)} runs" if v.missing else v.detail.split("; ")[-1])
         pending = v.verdict == V.PENDING
-        lines.append(f"| {v.key} | **{v.verdict}** | {label}: {_est(mean, ci, n)} | {'–' if pending else f'{v.p:.3g}'} | "
+        lines.append(f"| {v.key} | **{v.verdict}** | {label}: {_est(mean, ci, n)} | {v.test} | {'–' if pending else f'{v.p:.3g}'} | "
                      f"{'–' if pending else f'{v.level:.4f}'} | {note} |")
     lines += ["", "Every part of each composite (exploratory reading of the parts):", ""]
     for v in verdict_rows:
