@@ -146,6 +146,17 @@ def plan(specs: list[RunSpec], raw: Path, iterations: Optional[int], base: Optio
     return jobs
 
 
+def report_plan(jobs: list[Job], prefix: str) -> dict[str, list[Job]]:
+    """Print how many runs are in each state (and every conflict with its fix); the jobs by state."""
+    by_state: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_state.setdefault(j.state, []).append(j)
+    print(f"{prefix}{len(jobs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in by_state.items()))
+    for j in by_state.get("conflict", []):
+        print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
+    return by_state
+
+
 def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
              start_before: Optional[float] = None) -> dict[str, int]:
     """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}.  on_success(run_id) is called
@@ -290,12 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     only = [k.strip() for k in args.only.split(",") if k.strip()] or None
     specs = experiments.all_runs(reg, only)
     jobs = plan(specs, raw, args.iterations)
-    by_state: dict[str, list[Job]] = {}
-    for j in jobs:
-        by_state.setdefault(j.state, []).append(j)
-    print(f"{len(jobs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in by_state.items()))
-    for j in by_state.get("conflict", []):
-        print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
+    by_state = report_plan(jobs, "")
     todo = by_state.get("new", []) + by_state.get("resume", [])
     todo.sort(key=lambda j: jobs.index(j))
     per_it = args.per_iteration_s or (calibration or {}).get("per_iteration_s_1thread") or 1.0
@@ -345,12 +351,7 @@ def main_campaign(args: argparse.Namespace) -> int:
             return 0
         specs = cplan.campaign_runs(calibration, only, args.max_seed)
     jobs = plan(specs, raw, None, base={}, store=store)
-    by_state: dict[str, list[Job]] = {}
-    for j in jobs:
-        by_state.setdefault(j.state, []).append(j)
-    print(f"{args.campaign}: {len(jobs)} runs: " + ", ".join(f"{len(v)} {k}" for k, v in by_state.items()))
-    for j in by_state.get("conflict", []):
-        print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
+    by_state = report_plan(jobs, f"{args.campaign}: ")
     todo = [j for j in jobs if j.state in ("new", "resume")]
     for j in todo:            # a campaign run's before/after figure is never kept: skip drawing it
         j.exec_fields = {"sample_figures": False}

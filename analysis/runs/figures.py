@@ -1,7 +1,7 @@
 """Regenerate every paper figure and table at our scale, the theory / log figures, the claims README and
 a manifest, from run logs only.
 
-    python analysis/make_figures.py [--runs paper_runs] [--out paper_figures]
+    figures.make_all(Path("paper_runs"), Path("paper_figures/first_world"))   # called by analysis/runs/report.py
 
 Orchestration only: data access is analysis.runs.load_runs, numbers are analysis.runs.stats / analysis.runs.claims,
 drawing is analysis.runs.plots.  Runs the registry (analysis.campaign.experiments) names but that are absent are
@@ -16,7 +16,6 @@ Our metrics stand in for the paper's (stated on every caption and in the README)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -869,17 +868,3 @@ def make_all(runs_root: Path, out: Path, verbose: bool = True) -> Ctx:
         print(f"wrote {len(ctx.outputs)} outputs + README.md + manifest.json to {out} in "
               f"{time.perf_counter() - t0:.1f} s")
     return ctx
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=str(ROOT / "paper_runs"), help="run store (compact or raw run dirs)")
-    ap.add_argument("--out", default=str(ROOT / "paper_figures"))
-    args = ap.parse_args(argv)
-    matplotlib.use("Agg")  # files only
-    make_all(Path(args.runs), Path(args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
