@@ -1,5 +1,6 @@
-"""Regenerate every paper figure and table at our scale, the theory / log figures, the claims README and
-a manifest, from run logs only.
+"""The archive's figures: every paper figure and table at our scale from the FIRST embedded world's runs
+(paper_runs/, the registry of analysis/campaign/experiments.py), the theory / log figures, its claims README and
+a manifest, from run logs only.  The campaign's own figures are analysis/runs/campaign_figures.py.
 
     figures.make_all(Path("paper_runs"), Path("paper_figures/first_world"))   # called by analysis/runs/report.py
 
