@@ -307,6 +307,31 @@ def measure_sd3(bench: Bench, reps: int, warmup: int, label: str) -> dict:
     return out
 
 
+def memory_sweep(policy, recipe: Recipe, device: torch.device, tiny: bool = False) -> list[dict]:
+    """Peak memory (GiB) of one rollout and of one iteration's updates (per-step and batched replay) for each
+    number of trained SDE steps × group size, micro-batch fixed at the recipe's: what a user needs to size a run."""
+    from dataclasses import replace
+    steps = {1: (0,), 3: (0, 2, 4), 5: (0, 1, 2, 3, 4)}
+    groups = (4, 8) if tiny else (8, 16, 32)
+    rows = []
+    for n_steps, idx in steps.items():
+        for g in groups:
+            r = replace(recipe, group=g, sde_indices=idx, num_minibatches=max(1, g // (2 * recipe.micro)))
+            bench = Bench(policy, r, device)
+            bench.rollout()
+            row = {"trained_steps": n_steps, "group": g, "micro": r.micro, "num_minibatches": r.num_minibatches,
+                   "peak_gib_rollout": peak_gib(bench.rollout, device),
+                   "peak_gib_update": peak_gib(lambda: bench.update("flow_dppo"), device),
+                   "peak_gib_update_batched_replay": peak_gib(lambda: bench.update("flow_dppo_batched"), device)}
+            rows.append(row)
+            print(f"[memory] {row}", flush=True)
+            del bench
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def flux_smoke(policy, device, group: int, num_steps: int, micro: int) -> dict:
     r = Recipe(resolution=policy.resolution, num_steps=num_steps, group=group,
                sde_indices=tuple(range(0, num_steps // 2, 2))[:3], micro=micro, num_minibatches=1,
@@ -329,8 +354,10 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke mode on the tiny in-code pipelines")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (default 5; tiny 1)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--compile", choices=("off", "on", "both"), default=None,
-                    help="torch.compile phases (default both on a GPU, off with --tiny)")
+    ap.add_argument("--compile", choices=("off", "on", "both", "none"), default=None,
+                    help="torch.compile phases (default both on a GPU, off with --tiny; none: no timing phase)")
+    ap.add_argument("--memory-sweep", action="store_true",
+                    help="peak memory of rollout and update over trained steps × group size (issue: sizing a run)")
     ap.add_argument("--skip-flux", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (tiny mode)")
     args = ap.parse_args()
@@ -374,6 +401,9 @@ def main() -> None:
     if compile_mode in ("on", "both"):
         policy._core.compile()   # the adapter's compile=True path, applied in place
         result["sd3_compiled"] = measure_sd3(bench, reps, max(2, args.warmup), "compiled")
+        save()
+    if args.memory_sweep:
+        result["memory_sweep"] = memory_sweep(policy, recipe, device, tiny=args.tiny)
         save()
     del bench, policy
     gc.collect()
@@ -430,6 +460,10 @@ def print_table(res: dict) -> None:
                 cells.append(f"{_gib(d['peak_gib_rollout'])}/{_gib(d['peak_gib_update'])}"
                              f" ({_gib(d.get('peak_gib_update_batched_replay'))} batched)")
         print(f"{name:40s}" + "".join(f"{c:>20s}" for c in cells) + f"{target:>10s}")
+    for row in res.get("memory_sweep", []):
+        print(f"memory: {row['trained_steps']} trained steps, group {row['group']}: rollout "
+              f"{_gib(row['peak_gib_rollout'])} GiB, update {_gib(row['peak_gib_update'])} GiB "
+              f"({_gib(row['peak_gib_update_batched_replay'])} batched replay)")
     if "flux_smoke" in res and "error" in res["flux_smoke"]:
         print(f"FLUX.1-dev arch smoke FAILED: {res['flux_smoke']['error']}")
     elif "flux_smoke" in res:
