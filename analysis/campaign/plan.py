@@ -117,7 +117,8 @@ def calibrate(store: Path = STORE / "pilot") -> dict[str, Any]:
     for s in PILOT_SEEDS:
         with gzip.open(store / f"pilot-dppo-s{s}" / "metrics.jsonl.gz", "rt") as f:
             steps += [json.loads(line) for line in f if line.strip()]
-    grid = {e: float(np.mean([r[f"cf/clip_fire@{e:g}"] for r in steps])) for e in cf_clip_grid(Config(), 256)}
+    latent_dim = load_run(store / f"pilot-dppo-s{PILOT_SEEDS[0]}").latent_dim    # from run.json, not typed in
+    grid = {e: float(np.mean([r[f"cf/clip_fire@{e:g}"] for r in steps])) for e in cf_clip_grid(Config(), latent_dim)}
     blocked = float(np.mean([r["blocked"] for r in steps]))
     kl_med = float(np.mean([r["q/kl_old_per_dim@0.5"] for r in steps]))
 
