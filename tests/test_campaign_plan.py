@@ -146,6 +146,21 @@ def test_a_reversed_effect_is_refuted():
     assert {v.key: v for v in verdicts}["C1"].verdict == V.REFUTED
 
 
+def test_the_paper_section_reads_each_verdict_against_the_paper():
+    for effects, key, want in (({"grpo": -0.05}, "C1", "**we agree**"), ({"grpo": +0.05}, "C1", "**we disagree**"),
+                               ({}, "C5", None)):
+        c = _campaign(effects)
+        verdicts, _ = CC.decide(c)
+        v = {v.key: v for v in verdicts}[key]
+        line = CC.reading(c, v)
+        if want is None:     # no effect simulated: underpowered names its detectable effect, equivalent its margin
+            want = "**we cannot tell**" if v.verdict == V.UNDERPOWERED else "inside ±0.02"
+        assert want in line, (v.verdict, line)
+        assert f"- **{key}** (" in "\n".join(CC.paper_section(c, verdicts))
+    md = CC.markdown(_campaign({}, drop=("grpo-s3",)))
+    assert "## Where we stand on the paper's claims" in md and "not decided yet: 1 of the plan's runs" in md
+
+
 def test_a_missing_run_makes_its_claims_pending_and_names_the_run():
     verdicts, control = CC.decide(_campaign({"grpo": -0.05}, drop=("grpo-s3",)))
     by = {v.key: v for v in verdicts}
