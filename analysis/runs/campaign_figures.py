@@ -194,7 +194,7 @@ def draw_cells(ax, c: CC.Campaign, cells: dict[str, str], column: str, *, x: str
     """Seed mean ± 95 % t-band of a per-iteration column, each seed smoothed over SMOOTH iterations; x =
     iteration or samples seen (rollout batch × iteration, to compare G16-I1 with G8-I2). Returns the cells drawn."""
     from analysis.runs import plots
-    drawn = []
+    drawn, means = [], []
     for (label, cell), color in zip(cells.items(), COLORS):
         runs = cell_runs(c, cell)
         rows = [smooth(r.series(column)[1]) for r in runs if column in r.iters]
@@ -205,8 +205,14 @@ def draw_cells(ax, c: CC.Campaign, cells: dict[str, str], column: str, *, x: str
         if x == "samples":
             cfg = runs[0].config
             it = it * int(cfg["prompts_per_iter"]) * int(cfg["group_size"])
-        plots.curve_band(ax, it, np.array([r[:n] for r in rows]), label=label, color=color, scale=scale)
+        block = np.array([r[:n] for r in rows]) * scale
+        plots.curve_band(ax, it, block, label=label, color=color)
+        means.append(np.nanmean(block, axis=0))
         drawn.append(cell)
+    if means:      # limits follow the seed means: at n = 2–3 a t-band (t_0.975,1 = 12.7) would flatten every curve
+        lo, hi = float(np.nanmin([m.min() for m in means])), float(np.nanmax([m.max() for m in means]))
+        pad = 0.35 * (hi - lo) if hi > lo else max(abs(hi), 1e-9) * 0.1
+        ax.set_ylim(lo - pad, hi + pad)
     if not drawn:
         ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, fontsize=9)
     return drawn
@@ -228,7 +234,8 @@ def _figure(c: CC.Campaign, out: Path, title: str, panels: list[tuple[str, dict[
         info[ptitle] = {cell: len(cell_runs(c, cell)) for cell in cells.values()}
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title + f" — seed mean ± 95 % t-band, each seed a {SMOOTH}-iteration trailing mean", fontsize=10)
+    fig.suptitle(title + f" — seed mean ± 95 % t-band, each seed a {SMOOTH}-iteration trailing mean (y-limits follow "
+                 "the means)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -330,7 +337,8 @@ def fig5(c: CC.Campaign, out: Path) -> dict:
         axes[1].plot(s["epoch"], s["flow_dppo_variant"], "-", color=color, label=f"Flow-DPPO {setting}")
     plots.style(axes[1], xlabel="training epoch", ylabel="training GenEval2", title="paper, SD3.5 Flow-SDE (digitised)")
     axes[1].legend(fontsize=6.5)
-    fig.suptitle(f"Fig. 5 — sample reuse (seed mean ± 95 % t-band, {SMOOTH}-iteration trailing mean)", fontsize=10)
+    fig.suptitle(f"Fig. 5 — sample reuse (seed mean ± 95 % t-band, {SMOOTH}-iteration trailing mean; y-limits follow "
+                 "the means, so a band at small n can run off the axis)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
