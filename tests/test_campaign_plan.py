@@ -100,6 +100,21 @@ def test_runner_counts_a_stored_run_as_done_and_refuses_a_changed_config(tmp_pat
     assert jobs[2].state == "conflict" and "loss" in jobs[2].detail
 
 
+def test_the_remaining_cost_prices_each_run_at_its_cells_measured_wall_time(tmp_path):
+    dppo, grpo = cplan.campaign_runs(CAL, only=["dppo"])[:3], cplan.campaign_runs(CAL, only=["grpo"])[:2]
+    store, raw = tmp_path / "store", tmp_path / "raw"
+    for spec, wall in ((dppo[0], 360.0), (dppo[1], 180.0)):      # dppo: 2.7 s per iteration
+        _stored_run(store, spec, 100)
+        info = json.loads((store / spec.run_id / "compaction.json").read_text())
+        (store / spec.run_id / "compaction.json").write_text(json.dumps({**info, "wall_seconds": wall}))
+    todo = [j for j in runner.plan(dppo + grpo, raw, None, base={}, store=store) if j.state == "new"]
+    hours, guessed = runner.remaining_core_hours(todo, store)
+    # dppo-s2 at its cell's 2.7 s/it; the two grpo runs have no cell data and take the all-run mean (2.7 s/it too)
+    assert guessed == 2 and math.isclose(hours, 3 * 100 * 2.7 / 3600)
+    todo[0].done_iterations = 50                                  # a resumed run costs only what is left
+    assert math.isclose(runner.remaining_core_hours(todo, store)[0], 2.5 * 100 * 2.7 / 3600)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The verdict pipeline on synthetic runs
 # ---------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 
 from analysis.runs import compact  # noqa: E402
 from analysis.campaign import experiments  # noqa: E402
@@ -155,6 +156,27 @@ def report_plan(jobs: list[Job], prefix: str) -> dict[str, list[Job]]:
     for j in by_state.get("conflict", []):
         print(f"  CONFLICT {j.spec.run_id}: {j.detail}. Fix: move {j.run_dir} away, or restore the registry")
     return by_state
+
+
+def remaining_core_hours(todo: list[Job], store: Path) -> tuple[float, int]:
+    """(estimated core-hours of the runs still to do, how many of them had no finished run of their cell to go by).
+    Each run costs the mean measured wall time (compaction.json) of its cell's finished runs in `store`, scaled by
+    the iterations left; a cell with none uses the mean over all finished runs, per iteration."""
+    walls: dict[str, list[tuple[float, int]]] = {}
+    for d in (p for p in store.iterdir() if (p / "compaction.json").exists()) if store.exists() else []:
+        w = json.loads((d / "compaction.json").read_text()).get("wall_seconds")
+        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+        if w is not None and cfg.get("iterations"):
+            walls.setdefault(d.name.rsplit("-s", 1)[0], []).append((float(w), int(cfg["iterations"])))
+    every = [w / it for v in walls.values() for w, it in v]
+    per_it_all = float(np.mean(every)) if every else float("nan")
+    total, guessed = 0.0, 0
+    for j in todo:
+        mine = walls.get(j.spec.cell, [])
+        per_it = float(np.mean([w / it for w, it in mine])) if mine else per_it_all
+        guessed += not mine
+        total += per_it * (j.target - j.done_iterations)
+    return total / 3600, guessed
 
 
 def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
@@ -353,6 +375,11 @@ def main_campaign(args: argparse.Namespace) -> int:
     jobs = plan(specs, raw, None, base={}, store=store)
     by_state = report_plan(jobs, f"{args.campaign}: ")
     todo = [j for j in jobs if j.state in ("new", "resume")]
+    if todo:
+        hours, guessed = remaining_core_hours(todo, store)
+        print(f"{args.campaign}: about {hours:.1f} core-hours left ({hours / max(args.jobs, 1):.1f} h at --jobs "
+              f"{args.jobs}), from the measured wall times of finished runs"
+              + (f"; {guessed} runs priced at the all-cell mean" if guessed else ""))
     for j in todo:            # a campaign run's before/after figure is never kept: skip drawing it
         j.exec_fields = {"sample_figures": False}
     first = {k.strip() for k in args.first.split(",") if k.strip()}
