@@ -3,6 +3,9 @@
 * `campaign_qualitative.png` — in-domain test prompts, with their text beside each row and every cell outlined
   green (right) or red (wrong): the base (the pilot's iteration-0 evaluation, shared by every run) next to seed 0
   of Flow-GRPO, Flow-DPPO, the firing-matched clip and the no-trust-region control, at the end of training.
+* `campaign_fig01_qualitative_test.png`, `campaign_fig06_qualitative_ood.png` — the same, with the paper's Figs 1
+  and 6 columns (base, Flow-GRPO, Flow-CPS, GRPO-Guard, Flow-DPPO, Flow-DPPO + CPS), on the in-domain test prompts
+  and on the OOD prompts (the row wording never trained on: what forgetting looks like).
 * `campaign_paired_curves.png` — each comparison of the plan as a paired difference to its reference method on
   the same seed (training reward, smoothed over 5 iterations), mean and 95 % t-band over seeds.
 * `campaign_endpoints.png` — each claim's primary paired difference per seed, its mean and its Holm-level
@@ -125,11 +128,20 @@ def fig_endpoints(c: CC.Campaign, out: Path) -> dict:
     return info
 
 
-def fig_qualitative(c: CC.Campaign, pilot_store: Path, out: Path) -> Optional[dict]:
-    """Base vs seed 0 of four cells, test prompts with text and per-cell marks (from the grids' sidecars)."""
+QUALITATIVE_TEST = (("grpo", "Flow-GRPO"), ("dppo", "Flow-DPPO"), ("clip_fire", "clip ε_fire"),
+                    ("no_tr", "no trust region"))
+# Figs 1 and 6's columns: the base, then Flow-GRPO, Flow-CPS, GRPO-Guard, Flow-DPPO, Flow-DPPO + CPS
+QUALITATIVE_PAPER = (("grpo", "Flow-GRPO"), ("x_cps_grpo", "Flow-CPS"), ("x_guard", "GRPO-Guard"),
+                     ("dppo", "Flow-DPPO"), ("x_cps_dppo", "Flow-DPPO + CPS"))
+
+
+def fig_qualitative(c: CC.Campaign, pilot_store: Path, out: Path, split: str = "test",
+                    cells: tuple[tuple[str, str], ...] = QUALITATIVE_TEST) -> Optional[dict]:
+    """The base vs seed 0 of `cells` at the end of training on `split`'s first prompts, each row with its text and
+    each cell marked right or wrong (from the grids' sidecars)."""
     from flowdppo.evaluation import annotated_grid, read_grid
     from flowdppo.world import CELL_BOXES
-    base_grid = next(iter(sorted(pilot_store.glob("*/samples/test_iter00000.png"))), None)
+    base_grid = next(iter(sorted(pilot_store.glob(f"*/samples/{split}_iter00000.png"))), None)
     columns, texts = [], None
     s = QUALITATIVE_SEEDS
 
@@ -145,14 +157,13 @@ def fig_qualitative(c: CC.Campaign, pilot_store: Path, out: Path) -> Optional[di
         columns.append((title, imgs[keep], [side["marks"][k] for k in keep] if side["marks"] else None))
 
     add("base", base_grid)
-    for cell, title in (("grpo", "Flow-GRPO"), ("dppo", "Flow-DPPO"), ("clip_fire", "clip ε_fire"),
-                        ("no_tr", "no trust region")):
+    for cell, title in cells:
         run = c.runs.get(f"{cell}-s0")
-        add(f"{title} (seed 0)", run.sample_grid("test") if run is not None and run.path is not None else None)
+        add(f"{title} (seed 0)", run.sample_grid(split) if run is not None and run.path is not None else None)
     if texts is None or len(columns) < 2:
         return None
     annotated_grid(columns, texts, s, CELL_BOXES, out)
-    return {"columns": [t for t, _, _ in columns], "prompts": len(texts), "seeds": s}
+    return {"split": split, "columns": [t for t, _, _ in columns], "prompts": len(texts), "seeds": s}
 
 
 def make(c: CC.Campaign, pilot_store: Path, out_dir: Path) -> dict[str, dict]:
@@ -160,9 +171,12 @@ def make(c: CC.Campaign, pilot_store: Path, out_dir: Path) -> dict[str, dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made = {"campaign_paired_curves.png": fig_paired_curves(c, out_dir / "campaign_paired_curves.png"),
             "campaign_endpoints.png": fig_endpoints(c, out_dir / "campaign_endpoints.png")}
-    q = fig_qualitative(c, pilot_store, out_dir / "campaign_qualitative.png")
-    if q is not None:
-        made["campaign_qualitative.png"] = q
+    for name, split, cells in (("campaign_qualitative.png", "test", QUALITATIVE_TEST),
+                               ("campaign_fig01_qualitative_test.png", "test", QUALITATIVE_PAPER),
+                               ("campaign_fig06_qualitative_ood.png", "ood", QUALITATIVE_PAPER)):
+        q = fig_qualitative(c, pilot_store, out_dir / name, split, cells)
+        if q is not None:
+            made[name] = q
     made.update(paper_figures(c, pilot_store, out_dir))
     return made
 
