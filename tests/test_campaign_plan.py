@@ -162,7 +162,7 @@ def test_a_reversed_effect_is_refuted():
 
 
 def test_the_paper_section_reads_each_verdict_against_the_paper():
-    for effects, key, want in (({"grpo": -0.05}, "C1", "**we agree**"), ({"grpo": +0.05}, "C1", "**we disagree**"),
+    for effects, key, want in (({"grpo": -0.05}, "C1", "**we agree**"), ({"grpo": +0.05}, "C1", "**we disagree**: E_test(dppo) − E_test(grpo) > 0 goes the other way"),
                                ({}, "C5", None)):
         c = _campaign(effects)
         verdicts, _ = CC.decide(c)

@@ -375,8 +375,10 @@ def main_campaign(args: argparse.Namespace) -> int:
     jobs = plan(specs, raw, None, base={}, store=store)
     by_state = report_plan(jobs, f"{args.campaign}: ")
     todo = [j for j in jobs if j.state in ("new", "resume")]
-    if todo:
-        hours, guessed = remaining_core_hours(todo, store)
+    hours, guessed = remaining_core_hours(todo, store) if todo else (0.0, 0)
+    if todo and not np.isfinite(hours):
+        print(f"{args.campaign}: no finished run records a wall time yet, so the remaining cost is unknown")
+    elif todo:
         print(f"{args.campaign}: about {hours:.1f} core-hours left ({hours / max(args.jobs, 1):.1f} h at --jobs "
               f"{args.jobs}), from the measured wall times of finished runs"
               + (f"; {guessed} runs priced at the all-cell mean" if guessed else ""))

@@ -250,12 +250,8 @@ def reading(c: Campaign, v: Verdict) -> str:
         return f"**we agree**: {label}, {est}, significant at the Holm level {v.level:.4f}."
     parts = _parts_of(c, v.key)
     if v.verdict == V.REFUTED:
-        why = []
-        for p in parts:
-            if p.margin is None and V.one_sided_p(p.d, greater=False) <= (v.level / 2 if p.two_sided else v.level):
-                why.append(f"{p.label} goes the other way")
-            elif p.margin is not None and V.one_sided_p(p.d, shift=p.margin, greater=False) <= v.level:
-                why.append(f"{p.label} fails: worse by more than the margin")
+        why = [f"{p.label} goes the other way" if kind == "reversed" else
+               f"{p.label} fails: worse by more than the margin" for p, kind in V.refuting_parts(parts, v.level)]
         return (f"**we disagree**: {'; '.join(why) or 'a part is rejected the other way'} at the Holm level "
                 f"{v.level:.4f} ({label}: {est}).")
     sup = next(p for p in parts if p.margin is None)

@@ -224,9 +224,11 @@ def draw_cells(ax, c: CC.Campaign, cells: dict[str, str], column: str, *, x: str
         means.append(np.nanmean(block, axis=0))
         drawn.append(cell)
     if means:      # limits follow the seed means: at n = 2–3 a t-band (t_0.975,1 = 12.7) would flatten every curve
-        lo, hi = float(np.nanmin([m.min() for m in means])), float(np.nanmax([m.max() for m in means]))
-        pad = 0.35 * (hi - lo) if hi > lo else max(abs(hi), 1e-9) * 0.1
-        ax.set_ylim(lo - pad, hi + pad)
+        allm = np.concatenate(means)
+        if np.isfinite(allm).any():
+            lo, hi = float(np.nanmin(allm)), float(np.nanmax(allm))
+            pad = 0.35 * (hi - lo) if hi > lo else max(abs(hi), 1e-9) * 0.1
+            ax.set_ylim(lo - pad, hi + pad)
     if not drawn:
         ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, fontsize=9)
     return drawn

@@ -169,13 +169,20 @@ def decide(hypotheses: Sequence[Hypothesis], alpha: float = ALPHA) -> list[Decis
     return out
 
 
-def _refuted(h: Hypothesis, level: float) -> bool:
-    for part in h.parts:
+def refuting_parts(parts: Sequence[Part], level: float) -> list[tuple[Part, str]]:
+    """The parts that refute their hypothesis at `level`, each with why: a superiority part rejected the other way
+    ("reversed"; a two-sided one at level/2 per side), or a non-inferiority part shown inferior ("inferior")."""
+    out = []
+    for part in parts:
         if part.margin is None and one_sided_p(part.d, greater=False) <= (level / 2 if part.two_sided else level):
-            return True
-        if part.margin is not None and one_sided_p(part.d, shift=part.margin, greater=False) <= level:
-            return True
-    return False
+            out.append((part, "reversed"))
+        elif part.margin is not None and one_sided_p(part.d, shift=part.margin, greater=False) <= level:
+            out.append((part, "inferior"))
+    return out
+
+
+def _refuted(h: Hypothesis, level: float) -> bool:
+    return bool(refuting_parts(h.parts, level))
 
 
 def _inside(d: Sequence[float], margin: float, level: float) -> bool:
