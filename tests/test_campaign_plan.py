@@ -113,6 +113,7 @@ def test_the_remaining_cost_prices_each_run_at_its_cells_measured_wall_time(tmp_
     assert guessed == 2 and math.isclose(hours, 3 * 100 * 2.7 / 3600)
     todo[0].done_iterations = 50                                  # a resumed run costs only what is left
     assert math.isclose(runner.remaining_core_hours(todo, store)[0], 2.5 * 100 * 2.7 / 3600)
+    assert math.isclose(todo[0].est_seconds, 50 * 2.7) and math.isclose(todo[1].est_seconds, 100 * 2.7)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,3 +276,28 @@ def test_run_pool_starts_nothing_after_its_deadline_and_records_each_process_wal
     for j in jobs:
         (entry,) = json.loads((j.run_dir / "wall_seconds.json").read_text())
         assert entry["rc"] == 0 and 0 < entry["seconds"] < 60
+
+
+def test_run_pool_with_finish_by_starts_only_runs_whose_estimate_fits_passing_over_longer_ones(tmp_path, capsys):
+    """--finish-by-min: a run starts only if FINISH_SLACK × its estimate ends before the finish-by time; a run
+    that does not fit is passed over for a later one that does, and a run with no estimate never starts."""
+    import sys
+    import time
+
+    class Quick(runner.Job):
+        def command(self):
+            return [sys.executable, "-c", "pass"]
+
+    specs = cplan.campaign_runs(CAL, only=["dppo"])[:5]
+    estimates = [3600.0, 1.0, None, float("nan"), 40.0]   # 40 s × 1.25 = 50 s fits in 60 s; 3600 s does not
+    jobs = [Quick(spec, tmp_path / spec.run_id, "new", 0, 1, est_seconds=e) for spec, e in zip(specs, estimates)]
+    for j in jobs:
+        j.run_dir.mkdir()
+    codes = runner.run_pool(jobs, 1, tmp_path / "logs", finish_by=time.time() + 60)
+    assert set(codes) == {specs[1].run_id, specs[4].run_id}
+    assert "3 runs left for later" in capsys.readouterr().out
+    # at 45 s × 1.25 = 56 s the last run no longer fits either when only 50 s remain
+    jobs[4].est_seconds = 45.0
+    assert set(runner.run_pool(jobs[4:], 1, tmp_path / "logs", finish_by=time.time() + 50)) == set()
+    # with no finish-by time every run starts, estimate or not
+    assert len(runner.run_pool(jobs, 2, tmp_path / "logs")) == 5

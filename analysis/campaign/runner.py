@@ -13,7 +13,9 @@ finished ones skipped; then the finished runs are compacted into the committed s
   stops, so that the calibration is committed before any campaign run (the plan's order).
   `--first CELLS` runs those cells' seeds ≤ --first-max-seed ahead of the rest; `--start-for-min M` starts
   runs only during the next M minutes and then waits for the running ones, so a session that must stop by a
-  deadline leaves no run half-done (its checkpoints would be lost with the checkout).
+  deadline leaves no run half-done (its checkpoints would be lost with the checkout); `--finish-by-min M`
+  starts a run only if its cell's measured wall time (× FINISH_SLACK) ends within M minutes, passing over
+  longer runs for shorter ones, so the last minutes of a session are used too.
   Without `--campaign`, the older figure registry (experiments.py, first world, paper_runs/) is used:
 
 * Each run is a subprocess `python -m flowdppo train run_dir=runs/paper/<run_id> threads=1 progress=false …`;
@@ -52,6 +54,10 @@ from flowdppo.config import RESUME_MAY_CHANGE  # noqa: E402
 RESUME_IGNORED = RESUME_MAY_CHANGE     # how a run is executed or shown, not what it computes
 
 
+FINISH_SLACK = 1.25   # --finish-by-min: a run starts only if 1.25 × its estimated wall time fits (the measured
+                      # walls of one cell spread by about ±25 % around their mean on a 2-job machine)
+
+
 def cli_value(v: Any) -> str:
     """A config value as `key=value` text for flowdppo's CLI."""
     if isinstance(v, (tuple, list)):
@@ -83,6 +89,7 @@ class Job:
 
     base: Optional[dict] = None  # config base (None = experiments.BASE; {} = the default Config)
     exec_fields: dict = field(default_factory=dict)   # RESUME_MAY_CHANGE fields set on the command line
+    est_seconds: Optional[float] = None  # expected wall time (remaining_core_hours); None or NaN: unknown
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "flowdppo", "train"]
@@ -158,51 +165,70 @@ def report_plan(jobs: list[Job], prefix: str) -> dict[str, list[Job]]:
     return by_state
 
 
-def remaining_core_hours(todo: list[Job], store: Path) -> tuple[float, int]:
-    """(estimated core-hours of the runs still to do, how many of them had no finished run of their cell to go by).
-    Each run costs the mean measured wall time (compaction.json) of its cell's finished runs in `store`, scaled by
-    the iterations left; a cell with none uses the mean over all finished runs, per iteration."""
-    walls: dict[str, list[tuple[float, int]]] = {}
+def measured_seconds_per_iteration(store: Path) -> tuple[dict[str, float], float]:
+    """({cell: mean measured wall seconds per iteration}, the mean over every finished run) from the
+    compaction.json of each finished run in `store` (NaN when no run records a wall time)."""
+    walls: dict[str, list[float]] = {}
     for d in (p for p in store.iterdir() if (p / "compaction.json").exists()) if store.exists() else []:
         w = json.loads((d / "compaction.json").read_text()).get("wall_seconds")
         cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         if w is not None and cfg.get("iterations"):
-            walls.setdefault(d.name.rsplit("-s", 1)[0], []).append((float(w), int(cfg["iterations"])))
-    every = [w / it for v in walls.values() for w, it in v]
-    per_it_all = float(np.mean(every)) if every else float("nan")
+            walls.setdefault(d.name.rsplit("-s", 1)[0], []).append(float(w) / int(cfg["iterations"]))
+    every = [x for v in walls.values() for x in v]
+    return {k: float(np.mean(v)) for k, v in walls.items()}, float(np.mean(every)) if every else float("nan")
+
+
+def remaining_core_hours(todo: list[Job], store: Path) -> tuple[float, int]:
+    """(estimated core-hours of the runs still to do, how many of them had no finished run of their cell to go by).
+    Each run costs the mean measured wall time (compaction.json) of its cell's finished runs in `store`, scaled by
+    the iterations left; a cell with none uses the mean over all finished runs, per iteration.  Sets each job's
+    est_seconds (what --finish-by-min goes by)."""
+    per_cell, per_it_all = measured_seconds_per_iteration(store)
     total, guessed = 0.0, 0
     for j in todo:
-        mine = walls.get(j.spec.cell, [])
-        per_it = float(np.mean([w / it for w, it in mine])) if mine else per_it_all
-        guessed += not mine
-        total += per_it * (j.target - j.done_iterations)
+        guessed += j.spec.cell not in per_cell
+        j.est_seconds = per_cell.get(j.spec.cell, per_it_all) * (j.target - j.done_iterations)
+        total += j.est_seconds
     return total / 3600, guessed
 
 
 def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
-             start_before: Optional[float] = None) -> dict[str, int]:
+             start_before: Optional[float] = None, finish_by: Optional[float] = None,
+             slack: float = FINISH_SLACK) -> dict[str, int]:
     """Run the jobs' commands, at most n_jobs at a time; {run_id: return code}.  on_success(run_id) is called
     as each run finishes with return code 0.  start_before (a time.time() value): start no job after it, and
-    return when the running ones finish (a session that must end by a deadline loses no run half-done)."""
+    return when the running ones finish (a session that must end by a deadline loses no run half-done).
+    finish_by (a time.time() value): start a job only if slack × its est_seconds ends before it; a job that does
+    not fit is passed over for the next one in order that does (a job with no estimate never fits)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     pending, running, codes = list(jobs), {}, {}
     jobs_by_id = {j.spec.run_id: j for j in jobs}
     t0 = time.time()
+
+    def fits(job: Job) -> bool:
+        est = job.est_seconds
+        return finish_by is None or (est is not None and np.isfinite(est) and time.time() + slack * est <= finish_by)
+
     try:
         while pending or running:
             if start_before is not None and time.time() > start_before and pending:
                 print(f"[{time.time() - t0:7.0f} s] deadline: {len(pending)} runs left for later", flush=True)
                 pending = []
-            while pending and len(running) < n_jobs:
-                job = pending.pop(0)
+            if finish_by is not None and pending and not any(fits(j) for j in pending):
+                print(f"[{time.time() - t0:7.0f} s] no run left fits before the finish-by time: "
+                      f"{len(pending)} runs left for later", flush=True)
+                pending = []
+            while pending and len(running) < n_jobs and any(fits(j) for j in pending):
+                job = pending.pop(next(i for i, j in enumerate(pending) if fits(j)))
                 log = open(log_dir / f"{job.spec.run_id}.log", "a")
                 log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command())}\n")
                 log.flush()
                 proc = subprocess.Popen(job.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
                 running[job.spec.run_id] = (proc, log, time.time())
+                est = "" if job.est_seconds is None else f", ≈ {job.est_seconds:.0f} s"
                 print(f"[{time.time() - t0:7.0f} s] start  {job.spec.run_id} ({job.state}, "
-                      f"{job.done_iterations}→{job.target})", flush=True)
+                      f"{job.done_iterations}→{job.target}{est})", flush=True)
             time.sleep(1.0)
             for rid, (proc, log, started) in list(running.items()):
                 rc = proc.poll()
@@ -308,7 +334,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--first-max-seed", type=int, default=2)
     ap.add_argument("--start-for-min", type=float, default=None,
                     help="start new runs only during the next MIN minutes, then let the running ones finish")
+    ap.add_argument("--finish-by-min", type=float, default=None,
+                    help="--campaign: start a run only if it should end within MIN minutes (its cell's measured "
+                    f"wall time × {FINISH_SLACK}); runs that do not fit are passed over for shorter ones")
     args = ap.parse_args(argv)
+    if args.finish_by_min is not None and not args.campaign:
+        ap.error("--finish-by-min needs --campaign pilot|claims (its estimates come from the campaign's store)")
     if args.campaign:
         return main_campaign(args)
     raw, store, cal_file = Path(args.raw), Path(args.store), Path(args.calibration_file)
@@ -405,8 +436,9 @@ def main_campaign(args: argparse.Namespace) -> int:
             if j.run_dir.parent == raw and not (store / j.spec.run_id / "compaction.json").exists():
                 compact_finished(j.spec.run_id)
     deadline = time.time() + 60 * args.start_for_min if args.start_for_min is not None else None
+    finish_by = time.time() + 60 * args.finish_by_min if args.finish_by_min is not None else None
     codes = run_pool(todo, args.jobs, raw / "_logs", on_success=None if args.no_compact else compact_finished,
-                     start_before=deadline)
+                     start_before=deadline, finish_by=finish_by)
     failed = [k for k, v in codes.items() if v != 0]
     if failed:
         print(f"{len(failed)} runs FAILED: {', '.join(failed)}")
