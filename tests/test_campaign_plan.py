@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import numpy as np
@@ -301,3 +302,50 @@ def test_run_pool_with_finish_by_starts_only_runs_whose_estimate_fits_passing_ov
     assert set(runner.run_pool(jobs[4:], 1, tmp_path / "logs", finish_by=time.time() + 50)) == set()
     # with no finish-by time every run starts, estimate or not
     assert len(runner.run_pool(jobs, 2, tmp_path / "logs")) == 5
+
+
+def test_a_background_runner_stops_on_sigterm_terminating_its_trainers_and_recording_their_wall_time(tmp_path):
+    """`kill <runner>` (SIGTERM), or SIGINT to a runner that a shell started in the background with SIGINT
+    ignored: the pool terminates its trainers at once (they resume from their checkpoints) and records their
+    wall time; without the handler the runner would die and leave the trainers running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        d = tmp_path / sig.name
+        d.mkdir()
+        script = f"""
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)      # as `cmd &` in a non-interactive shell leaves it
+from pathlib import Path
+from analysis.campaign import plan as cplan, runner
+class Sleeper(runner.Job):
+    def command(self):
+        return [sys.executable, "-c", "import time, pathlib; pathlib.Path('{d}/child.pid').write_text("
+                "str(__import__('os').getpid())); time.sleep(120)"]
+spec = cplan.campaign_runs({CAL!r}, only=["dppo"])[0]
+job = Sleeper(spec, Path("{d}") / "run", "new", 0, 1)
+job.run_dir.mkdir()
+try:
+    runner.run_pool([job], 1, Path("{d}") / "logs")
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=runner.ROOT)
+        for _ in range(300):
+            if (d / "child.pid").exists():
+                break
+            time.sleep(0.1)
+        child = int((d / "child.pid").read_text())
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=40) == 130
+        (entry,) = json.loads((d / "run" / "wall_seconds.json").read_text())
+        assert entry["rc"] != 0 and entry["seconds"] < 60
+        try:
+            os.kill(child, signal.SIGKILL)     # succeeds only if the trainer outlived its runner
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, "the trainer outlived its runner"

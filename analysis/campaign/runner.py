@@ -28,15 +28,18 @@ finished ones skipped; then the finished runs are compacted into the committed s
   to the checkpoint).  A run directory whose config differs from the registry's is refused, never reused.
 * Before the first run, the δ calibration (two 20-iteration pilots with the mask out of reach, one per
   kernel) is run if analysis/data/delta_calibration.json does not exist; --calibrate re-runs it.
-* Ctrl-C terminates the running trainers (they resume next time from their last checkpoint).
+* Ctrl-C or SIGTERM (`kill <pid>`, also for a runner started in the background) terminates the running
+  trainers and records their wall time; they resume next time from their last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +209,13 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
     jobs_by_id = {j.spec.run_id: j for j in jobs}
     t0 = time.time()
 
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    # SIGTERM (kill, a scheduler) stops the pool as Ctrl-C does; SIGINT is re-armed because a shell starts a
+    # background job (`… &`, nohup) with SIGINT ignored, and Python then never raises KeyboardInterrupt
+    handlers = ({sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
+                if threading.current_thread() is threading.main_thread() else {})
+
     def fits(job: Job) -> bool:
         est = job.est_seconds
         return finish_by is None or (est is not None and np.isfinite(est) and time.time() + slack * est <= finish_by)
@@ -243,6 +253,8 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
                     print(f"[{time.time() - t0:7.0f} s] finish {rid} in {time.time() - started:.0f} s: {status}",
                           flush=True)
     except KeyboardInterrupt:
+        for sig in handlers:                # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         print("interrupted: terminating the running trainers (resume later from their checkpoints)", flush=True)
         for rid, (proc, log, _) in running.items():
             proc.terminate()
@@ -254,6 +266,9 @@ def run_pool(jobs: list[Job], n_jobs: int, log_dir: Path, on_success=None,
             log.close()
             _record_wall(jobs_by_id[rid], started, proc.returncode if proc.returncode is not None else -9)
         raise
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
     return codes
 
 
@@ -341,7 +356,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.finish_by_min is not None and not args.campaign:
         ap.error("--finish-by-min needs --campaign pilot|claims (its estimates come from the campaign's store)")
     if args.campaign:
-        return main_campaign(args)
+        try:
+            return main_campaign(args)
+        except KeyboardInterrupt:
+            print("campaign runner stopped; run the same command again to resume", flush=True)
+            return 130
     raw, store, cal_file = Path(args.raw), Path(args.store), Path(args.calibration_file)
 
     calibration = experiments.load_calibration(cal_file)
