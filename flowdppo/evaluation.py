@@ -6,6 +6,7 @@ the same seeds (the paper's qualitative figures) and metric changes are not samp
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -139,49 +140,86 @@ def read_grid(path: Path) -> tuple[Tensor, dict]:
     return out, side
 
 
+@dataclass
+class GridLayout:
+    """Where `annotated_grid` puts everything, in mosaic pixel coordinates (x right, y down)."""
+    mosaic: np.ndarray                               # [H, W, 3] float in [0, 1], white between images
+    origins: list[list[list[tuple[int, int]]]]       # [prompt][block][sample] → (x, y) of the image's top left
+    boxes: list[tuple[float, float, float, float, bool]]   # (x, y, width, height, right) of each marked cell
+    right: list[list[Optional[int]]]                 # [prompt][block] → samples with every cell right (None: no marks)
+    block_x: list[int]                               # x where each column block starts
+
+
+def grid_layout(columns: Sequence[tuple[str, Tensor, Optional[list]]], n_prompts: int, per_prompt: int,
+                cell_boxes: Optional[Sequence[tuple[int, int, int, int]]], inset: float = 0.35) -> GridLayout:
+    """One mosaic of every image of `annotated_grid` (rows = prompts; blocks of `per_prompt` samples, one block
+    per column), and the outline of every marked cell, inset so neighbouring cells' outlines stay apart."""
+    c, h, w = columns[0][1].shape[1:]
+    pad, gap_x, gap_y = max(1, w // 8), max(2, w // 3), max(2, int(0.3 * h))
+    block_w = per_prompt * (w + pad) - pad
+    block_x = [b * (block_w + gap_x) for b in range(len(columns))]
+    mosaic = np.ones((n_prompts * (h + gap_y) - gap_y, block_x[-1] + block_w, 3), dtype=np.float32)
+    origins, boxes, right = [], [], []
+    for i in range(n_prompts):
+        y = i * (h + gap_y)
+        origins.append([]); right.append([])
+        for b, (_, images, marks) in enumerate(columns):
+            origins[i].append([]); n_right = 0
+            for j in range(per_prompt):
+                k, x = i * per_prompt + j, block_x[b] + j * (w + pad)
+                img = images[k].float().clamp(0, 1).cpu().permute(1, 2, 0).numpy()
+                mosaic[y:y + h, x:x + w] = img if c == 3 else img[:, :, :1]
+                origins[i][b].append((x, y))
+                if marks is not None and cell_boxes is not None:
+                    n_right += all(marks[k])
+                    for ok, (y0, y1, x0, x1) in zip(marks[k], cell_boxes):
+                        boxes.append((x + x0 - 0.5 + inset, y + y0 - 0.5 + inset, x1 - x0 - 2 * inset,
+                                      y1 - y0 - 2 * inset, bool(ok)))
+            right[i].append(n_right if marks is not None and cell_boxes is not None else None)
+    return GridLayout(mosaic, origins, boxes, right, block_x)
+
+
 def annotated_grid(columns: Sequence[tuple[str, Tensor, Optional[list]]], texts: Sequence[str], per_prompt: int,
                    cell_boxes: Optional[Sequence[tuple[int, int, int, int]]], path: Path) -> None:
     """A figure a person can read: one row per prompt with its text on the left, then for each column
     block (title, images [N·S, C, H, W], marks [N·S][n_cells] or None) the S samples of that prompt, each
-    cell outlined green (right) or red (wrong), and the count of fully right samples under the block."""
+    cell outlined green (right) or red (wrong), and the count of fully right samples under the block.
+    Drawn as one image with one collection of outlines (grid_layout), not one axes per sample."""
     import textwrap
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
-    n = len(texts)
-    n_cols = len(columns) * per_prompt
-    inset = 0.35
-    fig, axes = plt.subplots(n, n_cols + 1, figsize=(2.6 + 1.05 * n_cols, 1.15 * n + 0.5), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.4] + [1.0] * n_cols})
+    lay = grid_layout(columns, len(texts), per_prompt, cell_boxes)
+    mh, mw = lay.mosaic.shape[:2]
+    h, w = columns[0][1].shape[2:]
+    px = 0.95 / w                                    # inches per mosaic pixel: each sample ≈ 0.95 in wide
+    text_in, top_in, bottom_in = 2.5, 0.55, 0.22
+    fig_w, fig_h = text_in + mw * px + 0.1, top_in + mh * px + bottom_in
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((text_in / fig_w, bottom_in / fig_h, mw * px / fig_w, mh * px / fig_h))
+    ax.imshow(lay.mosaic, interpolation="nearest", extent=(-0.5, mw - 0.5, mh - 0.5, -0.5))
+    ax.set_xlim(-0.5, mw - 0.5); ax.set_ylim(mh - 0.5, -0.5)
+    ax.axis("off")
+    if lay.boxes:
+        ax.add_collection(PatchCollection([Rectangle((x, y), bw, bh) for x, y, bw, bh, _ in lay.boxes],
+                                          facecolor="none", linewidth=1.3,
+                                          edgecolor=["#1a9850" if ok else "#d73027" for *_, ok in lay.boxes]))
     for i, text in enumerate(texts):
-        ax = axes[i, 0]
-        ax.axis("off")
-        ax.text(1.0, 0.5, "\n".join(textwrap.wrap(text, 30)), ha="right", va="center", fontsize=7,
-                transform=ax.transAxes)
-        for b, (title, images, marks) in enumerate(columns):
-            right = 0
-            for j in range(per_prompt):
-                ax = axes[i, 1 + b * per_prompt + j]
-                k = i * per_prompt + j
-                img = images[k].float().clamp(0, 1).cpu()
-                ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
-                ax.set_xticks([]); ax.set_yticks([])
-                if marks is not None and cell_boxes is not None:
-                    right += all(marks[k])
-                    for ok, (y0, y1, x0, x1) in zip(marks[k], cell_boxes):   # inset: neighbours' edges apart
-                        ax.add_patch(Rectangle((x0 - 0.5 + inset, y0 - 0.5 + inset), x1 - x0 - 2 * inset,
-                                               y1 - y0 - 2 * inset, fill=False, lw=1.3,
-                                               edgecolor="#1a9850" if ok else "#d73027"))
-                if i == 0 and j == 0:
-                    ax.set_title(title, fontsize=8, loc="left")
-            if marks is not None:
-                axes[i, 1 + b * per_prompt].set_xlabel(f"{right}/{per_prompt} right", fontsize=7, loc="left")
-    fig.suptitle("green = cell right, red = cell wrong (reward classifier)", fontsize=8, y=0.995)
-    fig.tight_layout()
+        y = lay.origins[i][0][0][1]
+        ax.text(-0.12 * w, y + h / 2, "\n".join(textwrap.wrap(text, 30)), ha="right", va="center", fontsize=7,
+                clip_on=False)
+        for b in range(len(columns)):
+            if lay.right[i][b] is not None:
+                ax.text(lay.block_x[b], y + h + 0.05 * h, f"{lay.right[i][b]}/{per_prompt} right", ha="left",
+                        va="top", fontsize=7, clip_on=False)
+    for b, (title, _, _) in enumerate(columns):
+        ax.text(lay.block_x[b], -0.08 * h, title, ha="left", va="bottom", fontsize=8, clip_on=False)
+    fig.suptitle("green = cell right, red = cell wrong (reward classifier)", fontsize=8, y=1 - 0.12 / fig_h,
+                 va="top")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

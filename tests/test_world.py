@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -252,6 +253,33 @@ def test_cell_marks_match_accuracy_and_grids_round_trip(real_batch, tmp_path):
     assert side["texts"] == texts and side["marks"] == cell_correct(images.flip(-1), items).tolist()
     out = save_before_after(tmp_path, "test", 7, CELL_BOXES)
     assert out is not None and out.stat().st_size > 10_000
+
+
+def test_grid_layout_places_every_image_and_outlines_each_cell_in_its_marks_colour():
+    """The annotated grid's mosaic holds each sample, untouched, at its (prompt, block, sample) origin, with no two
+    overlapping; every marked cell gets one outline inside its own image, right/wrong as its mark; the count under
+    a block is the number of samples with every cell right (None for a block without marks)."""
+    from flowdppo.evaluation import grid_layout
+    from flowdppo.world import CELL_BOXES
+    g = torch.Generator().manual_seed(0)
+    n, s, hw = 3, 2, 16
+    imgs = [torch.rand(n * s, 1, hw, hw, generator=g) for _ in range(2)]
+    marks = torch.rand(n * s, 4, generator=g) > 0.3
+    lay = grid_layout([("a", imgs[0], marks.tolist()), ("b", imgs[1], None)], n, s, CELL_BOXES)
+    origins = [lay.origins[i][b][j] for i in range(n) for b in range(2) for j in range(s)]
+    assert len(set(origins)) == len(origins)
+    assert all(abs(x0 - x1) >= hw or abs(y0 - y1) >= hw for k, (x0, y0) in enumerate(origins) for x1, y1 in origins[:k])
+    for i in range(n):
+        for b in range(2):
+            for j in range(s):
+                x, y = lay.origins[i][b][j]
+                for ch in range(3):
+                    np.testing.assert_array_equal(lay.mosaic[y:y + hw, x:x + hw, ch], imgs[b][i * s + j, 0].numpy())
+    assert [ok for *_, ok in lay.boxes] == marks.flatten().tolist()
+    for k, (bx, by, bw, bh, _) in enumerate(lay.boxes):
+        x, y = lay.origins[k // (4 * s)][0][(k // 4) % s]
+        assert x - 0.5 <= bx and bx + bw <= x + hw - 0.5 and y - 0.5 <= by and by + bh <= y + hw - 0.5
+    assert lay.right == [[int(marks[i * s:(i + 1) * s].all(1).sum()), None] for i in range(n)]
 
 
 def test_shipped_base_has_headroom_on_every_family():
