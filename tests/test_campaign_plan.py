@@ -186,6 +186,7 @@ def test_a_missing_run_makes_its_claims_pending_and_names_the_run():
     assert by["C5"].verdict != V.PENDING
     md = CC.markdown(_campaign({}, drop=("grpo-s3",)))
     assert "pending" in md and "| `grpo` | primary | 7 / 8 |" in md
+    assert "| `reuse_grpo_value` | exploratory (C4's mechanism: 8 seeds) | 8 / 8 |" in md    # no raw role name
 
 
 def test_endpoints_average_the_last_quarter():

@@ -289,6 +289,10 @@ def paper_section(c: Campaign, verdict_rows: list[Verdict]) -> list[str]:
     return lines + [""]
 
 
+ROLE_LABELS = {"exploratory8": "exploratory (C4's mechanism: 8 seeds)"}
+"""How the runs table names a cell role that is not self-explanatory (plan.seeds_of gives the seed counts)."""
+
+
 def status_table(c: Campaign) -> list[tuple[str, str, int, int]]:
     """(cell, role, complete runs, planned runs) for every campaign cell."""
     rows = []
@@ -355,7 +359,7 @@ def markdown(c: Campaign) -> str:
               f"p = {control['p']:.3g}: **{control['verdict']}**.", "",
               "Runs per cell (complete / planned):", "", "| cell | role | runs |", "|---|---|---|"]
     for name, role, have, want in status_table(c):
-        lines.append(f"| `{name}` | {role} | {have} / {want} |")
+        lines.append(f"| `{name}` | {ROLE_LABELS.get(role, role)} | {have} / {want} |")
     if c.partial:
         lines += ["", "Partial runs (not counted): " + ", ".join(f"{k} ({why})" for k, why in c.partial.items())]
     pilot, claims = compute(c.store.parent / "pilot" if c.store is not None else None), compute(c.store)
