@@ -259,6 +259,23 @@ def test_make_figures_writes_the_campaign_at_the_top_and_the_first_world_as_an_a
     assert (tmp_path / "figs" / "theory_ratio_noise.png").exists()
 
 
+def test_make_figures_leaves_a_committed_archive_alone_once_the_first_worlds_runs_are_removed(tmp_path):
+    """With no first-world store (paper_runs/ removed once the campaign replaces it), make_figures keeps
+    paper_figures/first_world/ exactly as committed instead of overwriting it with an empty archive, and says so."""
+    from analysis.runs import report
+    archive = tmp_path / "figs" / report.ARCHIVE
+    archive.mkdir(parents=True)
+    (archive / "README.md").write_text("the first world's verdicts, as committed\n")
+    (archive / "fig01_qualitative.png").write_bytes(b"not regenerated")
+    (tmp_path / "empty_campaign").mkdir()
+    manifest = report.make(tmp_path / "absent", tmp_path / "figs", tmp_path / "empty_campaign", verbose=False)
+    assert (archive / "README.md").read_text() == "the first world's verdicts, as committed\n"
+    assert (archive / "fig01_qualitative.png").read_bytes() == b"not regenerated"
+    assert sorted(p.name for p in archive.iterdir()) == ["README.md", "fig01_qualitative.png"]
+    assert manifest["archive"] == {"dir": report.ARCHIVE, "static": True}
+    assert "no longer regenerated" in (tmp_path / "figs" / "README.md").read_text()
+
+
 def test_run_pool_starts_nothing_after_its_deadline_and_records_each_process_wall_time(tmp_path):
     import sys
     import time

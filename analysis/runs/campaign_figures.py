@@ -344,7 +344,8 @@ def fig5(c: CC.Campaign, out: Path) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     draw_cells(axes[0], c, REUSE, "reward/tifa_mean", x="samples")
     plots.style(axes[0], xlabel="samples seen", ylabel="training tifa", title="ours (Flow-SDE)")
-    axes[0].legend(fontsize=6.5)
+    if axes[0].get_legend_handles_labels()[0]:          # an empty campaign draws no curve
+        axes[0].legend(fontsize=6.5)
     digitized = Path(__file__).resolve().parents[1] / "data" / "fig5_multiepoch_digitized.csv"
     d = pd.read_csv(digitized)
     for setting, color in zip(("G64-I1", "G32-I2", "G64-I2"), ("#e41a1c", "#4daf4a", "#377eb8")):

@@ -4,7 +4,8 @@
                                 *pending* with the runs still missing, the paper's figures and tables from its
                                 cells (analysis/runs/campaign_figures.py), and the theory figures (computed)
     paper_figures/first_world/  the archive: the first embedded world's runs (paper_runs/), drawn by
-                                analysis/runs/figures.py with that registry; no verdict under the plan
+                                analysis/runs/figures.py with that registry; no verdict under the plan.  Without
+                                paper_runs/ (removed once the campaign replaces it) it is left as committed
 
 Each directory has a README.md (generated; do not edit by hand) and a manifest.json that records the code
 commit, any uncommitted changes and, per output, the runs behind it.
@@ -33,7 +34,9 @@ THEORY = [("App. D ratio noise", "theory_ratio_noise.png"), ("Theorems 1–2 bou
 def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True) -> dict:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    archive = figures.make_all(runs_root, out / ARCHIVE, verbose=False)
+    # the first world's runs regenerate the archive while they are committed; once they are removed, the archive
+    # committed in out/ARCHIVE is left as it is (a static record, never overwritten by an empty one)
+    archive = figures.make_all(runs_root, out / ARCHIVE, verbose=False) if runs_root.exists() else None
     theory = figures.Ctx(runs=RunSet(runs={}, missing=[], damaged={}), reg={}, out=out)
     figures.theory_ratio_noise(theory)
     figures.theory_bounds(theory)
@@ -54,9 +57,16 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
              "`analysis/runs/campaign_figures.py` says what each shows.", ""]
     lines += [f"- [{f}]({f})" for f in made]
     lines += ["", "## Theory figures (computed, no runs)", ""] + [f"- {what}: [{f}]({f})" for what, f in THEORY]
-    lines += ["", "## Archive: the first embedded world", "",
-              f"[`{ARCHIVE}/README.md`]({ARCHIVE}/README.md): the older runs of `paper_runs/` (first world, 3 seeds × "
-              "30 iterations) and their figures, kept until the campaign is complete. They decide nothing.", ""]
+    lines += ["", "## Archive: the first embedded world", ""]
+    if archive is not None:
+        lines += [f"[`{ARCHIVE}/README.md`]({ARCHIVE}/README.md): the older runs of `{figures._shown(runs_root)}` (first "
+                  "world, 3 seeds × 30 iterations) and their figures, kept until the campaign is complete. They "
+                  "decide nothing.", ""]
+    else:
+        lines += [f"[`{ARCHIVE}/README.md`]({ARCHIVE}/README.md): the figures and README of the first world's runs (3 "
+                  f"seeds × 30 iterations), kept as committed: their runs (`{figures._shown(runs_root)}`) were removed "
+                  "once the campaign replaced them (git history has them), so this archive is no longer regenerated. "
+                  "They decide nothing.", ""]
     (out / "README.md").write_text("\n".join(lines))
     manifest = {"git_commit": commit, "uncommitted_changes": changes,
                 "campaign": {"store": figures._shown(campaign.store), "calibration": campaign.calibration,
@@ -68,7 +78,8 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
                              "cells": {name: {"role": role, "complete": h, "planned": w} for name, role, h, w in status},
                              "partial": campaign.partial, "outputs": made},
                 "theory": {f: theory.outputs.get(f, {}) for _, f in THEORY},
-                "archive": {"dir": ARCHIVE, "runs_found": len(archive.runs.runs), "missing": len(archive.runs.missing)}}
+                "archive": ({"dir": ARCHIVE, "runs_found": len(archive.runs.runs), "missing": len(archive.runs.missing)}
+                            if archive is not None else {"dir": ARCHIVE, "static": True})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=lambda x: None if x != x else x) + "\n")
     if verbose:
         print(f"claims campaign ({figures._shown(campaign.store)}): {have} of {want} planned runs complete")
@@ -76,7 +87,8 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
             print(f"  {v.key}: {v.verdict}" + (f" (missing {len(v.missing)} runs: {', '.join(v.missing[:4])}"
                                                  f"{' …' if len(v.missing) > 4 else ''})" if v.missing else ""))
         print(f"  control (no trust region): {control['verdict']}")
-        print(f"archive ({ARCHIVE}/): {len(archive.runs.runs)} first-world runs, {len(archive.outputs)} outputs")
+        print(f"archive ({ARCHIVE}/): " + (f"{len(archive.runs.runs)} first-world runs, {len(archive.outputs)} outputs"
+                                            if archive is not None else f"{runs_root} absent: left as committed"))
         print(f"wrote {len(made) + len(THEORY)} outputs + README.md + manifest.json to {out} and the archive in "
               f"{time.perf_counter() - t0:.1f} s")
     return manifest
