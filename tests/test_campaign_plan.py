@@ -186,6 +186,13 @@ def test_a_missing_run_makes_its_claims_pending_and_names_the_run():
     assert by["C5"].verdict != V.PENDING
     md = CC.markdown(_campaign({}, drop=("grpo-s3",)))
     assert "pending" in md and "| `grpo` | primary | 7 / 8 |" in md
+    # a claim decided while others are pending is provisional: its Holm rank (and level) can still change
+    assert by["C5"].provisional and not by["C1"].provisional
+    assert "| C5 | **" in md and "(provisional)" in md.split("| C5 |")[1].split("\n")[0]
+    assert "provisional until C1, C2" in md and "*provisional* (the Holm family is not complete)" in md
+    complete, _ = CC.decide(_campaign({"grpo": -0.05}))
+    assert not any(v.provisional for v in complete)
+    assert "provisional" not in CC.markdown(_campaign({"grpo": -0.05}))
     assert "| `reuse_grpo_value` | exploratory (C4's mechanism: 8 seeds) | 8 / 8 |" in md    # no raw role name
 
 

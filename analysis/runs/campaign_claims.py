@@ -7,7 +7,7 @@ The no-trust-region control is tested on its own (one-sided, α = 0.05) outside 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -170,6 +170,17 @@ class Verdict:
     parts: list[tuple[str, float, tuple[float, float], int]]   # label, mean, 95 % CI, n
     missing: list[str]
     test: str = ""
+    provisional: bool = False   # decided while another primary is pending: its Holm level can still rise
+
+
+def provisional_note(v: Verdict, verdicts: list[Verdict]) -> str:
+    """Why a decided verdict may still change: Holm ranks the seven p-values together, and a pending claim counts
+    as the largest, so this one is tested at the lowest level it can get; '' when the family is complete."""
+    pending = [w.key for w in verdicts if w.verdict == V.PENDING]
+    if not v.provisional or not pending:
+        return ""
+    return (f"provisional until {', '.join(pending)} {'is' if len(pending) == 1 else 'are'} decided: its Holm level "
+            f"(now {v.level:.4f}) can only rise as they get p-values, and the verdict can change with it")
 
 
 def decide(c: Campaign) -> tuple[list[Verdict], dict]:
@@ -192,6 +203,9 @@ def decide(c: Campaign) -> tuple[list[Verdict], dict]:
             x = np.asarray(p.d, float)
             rows.append((p.label, float(x.mean()) if x.size else np.nan, V.t_ci(x, 0.95), int(x.size)))
         out.append(Verdict(d.key, cs.statement, verdict, d.p, d.level, detail, rows, missing, cs.test))
+    if any(v.verdict == V.PENDING for v in out):
+        for v in out:
+            v.provisional = v.verdict != V.PENDING
     d_ctrl = c.paired("dppo", "no_tr", "E_test")
     ctrl_missing = c.missing("dppo") + c.missing("no_tr")
     control = {"hypothesis": "E_test(dppo) − E_test(no_tr) > 0 (one-sided, α = 0.05, outside the Holm family)",
@@ -246,6 +260,8 @@ def reading(c: Campaign, v: Verdict) -> str:
     est = _est(mean, ci, n)
     if v.verdict == V.PENDING:
         return f"not decided yet: {len(v.missing)} of the plan's runs are missing (so far {label}: {est})."
+    if v.provisional:
+        return f"*provisional* (the Holm family is not complete) — " + reading(c, replace(v, provisional=False))
     if v.verdict == V.SUPPORTED:
         return f"**we agree**: {label}, {est}, significant at the Holm level {v.level:.4f}."
     parts = _parts_of(c, v.key)
@@ -348,8 +364,11 @@ def markdown(c: Campaign) -> str:
     for v in verdict_rows:
         label, mean, ci, n = v.parts[0]
         note = (f"missing {len(v.missing)} runs" if v.missing else v.detail.split("; ")[-1])
+        if v.provisional:
+            note += "; " + provisional_note(v, verdict_rows)
         pending = v.verdict == V.PENDING
-        lines.append(f"| {v.key} | **{v.verdict}** | {label}: {_est(mean, ci, n)} | {v.test} | {'–' if pending else f'{v.p:.3g}'} | "
+        shown = f"**{v.verdict}** (provisional)" if v.provisional else f"**{v.verdict}**"
+        lines.append(f"| {v.key} | {shown} | {label}: {_est(mean, ci, n)} | {v.test} | {'–' if pending else f'{v.p:.3g}'} | "
                      f"{'–' if pending else f'{v.level:.4f}'} | {note} |")
     lines += ["", "Every part of each composite (exploratory reading of the parts):", ""]
     for v in verdict_rows:

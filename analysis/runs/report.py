@@ -70,8 +70,8 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
     (out / "README.md").write_text("\n".join(lines))
     manifest = {"git_commit": commit, "uncommitted_changes": changes,
                 "campaign": {"store": figures._shown(campaign.store), "calibration": campaign.calibration,
-                             "verdicts": {v.key: {"verdict": v.verdict, "p": v.p, "holm_level": v.level,
-                                                  "detail": v.detail, "missing": v.missing,
+                             "verdicts": {v.key: {"verdict": v.verdict, "provisional": v.provisional, "p": v.p,
+                                                  "holm_level": v.level, "detail": v.detail, "missing": v.missing,
                                                   "parts": [{"label": lab, "mean": m, "ci95": ci, "n": n}
                                                             for lab, m, ci, n in v.parts]} for v in verdicts},
                              "control": control,
@@ -84,7 +84,7 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
     if verbose:
         print(f"claims campaign ({figures._shown(campaign.store)}): {have} of {want} planned runs complete")
         for v in verdicts:
-            print(f"  {v.key}: {v.verdict}" + (f" (missing {len(v.missing)} runs: {', '.join(v.missing[:4])}"
+            print(f"  {v.key}: {v.verdict}" + (" (provisional: the Holm family is not complete)" if v.provisional else "") + (f" (missing {len(v.missing)} runs: {', '.join(v.missing[:4])}"
                                                  f"{' …' if len(v.missing) > 4 else ''})" if v.missing else ""))
         print(f"  control (no trust region): {control['verdict']}")
         print(f"archive ({ARCHIVE}/): " + (f"{len(archive.runs.runs)} first-world runs, {len(archive.outputs)} outputs"
