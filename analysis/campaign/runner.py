@@ -57,8 +57,10 @@ from flowdppo.config import RESUME_MAY_CHANGE  # noqa: E402
 RESUME_IGNORED = RESUME_MAY_CHANGE     # how a run is executed or shown, not what it computes
 
 
-FINISH_SLACK = 1.25   # --finish-by-min: a run starts only if 1.25 × its estimated wall time fits (the measured
-                      # walls of one cell spread by about ±25 % around their mean on a 2-job machine)
+FINISH_SLACK = 1.25   # --finish-by-min: a run starts only if 1.25 × its estimated wall time fits. Measured
+                      # 2026-12-04 on the committed runs: with two jobs alone on 2 cores most cells' slowest run
+                      # is within 15–25 % of the cell mean; runs that shared the cores with a third process
+                      # took up to 1.7× (dppo 634 s vs a 379 s mean), so keep the machine to the two jobs.
 
 
 def cli_value(v: Any) -> str:
