@@ -1,4 +1,6 @@
-"""`python analysis/run_experiments.py [--only KEYS] [--jobs N]` — run the experiment registry: start missing runs, resume killed ones, skip finished ones.  The code is analysis.campaign.runner (analysis/campaign/runner.py)."""
+"""`python analysis/run_experiments.py [--campaign claims|pilot|first_world] [--only CELLS] [--jobs N]` — run the
+claims campaign (default): start missing runs, resume killed ones, skip finished ones.  The code is
+analysis.campaign.runner (analysis/campaign/runner.py)."""
 import sys
 
 from analysis.campaign.runner import main

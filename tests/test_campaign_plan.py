@@ -374,3 +374,16 @@ except KeyboardInterrupt:
         except ProcessLookupError:
             alive = False
         assert not alive, "the trainer outlived its runner"
+
+
+def test_run_experiments_with_no_campaign_flag_plans_the_claims_campaign_not_the_first_world(capsys, monkeypatch):
+    """`python analysis/run_experiments.py --dry-run` plans the claims campaign from its committed store; the first
+    world's registry (whose store is no longer committed) runs only when asked for by name."""
+    monkeypatch.setattr(runner, "plan", lambda specs, *a, **k: [])   # plan nothing: only which registry is asked for
+    seen = {}
+    monkeypatch.setattr(cplan, "campaign_runs", lambda cal, only=None, max_seed=None: seen.setdefault("claims", []))
+    monkeypatch.setattr(runner.experiments, "all_runs", lambda reg, only=None: seen.setdefault("first_world", []))
+    assert runner.main(["--dry-run"]) == 0 and set(seen) == {"claims"}
+    seen.clear()
+    assert runner.main(["--campaign", "first_world", "--dry-run"]) == 0 and set(seen) == {"first_world"}
+    capsys.readouterr()

@@ -1,13 +1,13 @@
-"""Run the paper's experiments (analysis/campaign/experiments.py): missing runs are started, killed ones resumed,
-finished ones skipped; then the finished runs are compacted into the committed store.
+"""Run the paper's experiments: missing runs are started, killed ones resumed, finished ones skipped, and each
+finished run is compacted into the committed store.
 
-    python analysis/run_experiments.py --campaign pilot|claims [--only dppo,grpo] [--max-seed S] [--jobs 2] [--dry-run]
-    python analysis/run_experiments.py [--only fig5[,c7]] [--jobs 2] [--dry-run] [--iterations N]
-                                       [--raw runs/paper] [--store paper_runs] [--calibrate] [--no-compact]
+    python analysis/run_experiments.py [--campaign claims|pilot] [--only dppo,grpo] [--max-seed S] [--jobs 2] [--dry-run]
+    python analysis/run_experiments.py --campaign first_world [--only fig5[,c7]] [--jobs 2] [--dry-run]
+                                       [--iterations N] [--raw runs/paper] [--store paper_runs] [--calibrate]
 
-* `--campaign` runs the claims campaign of docs/analysis_plan.md (analysis/campaign/plan.py): `pilot` the
-  pilot's 20 runs, `claims` every cell, seed-major.  Raw runs go to runs/campaign/<campaign>/, compact ones to
-  campaign_runs/<campaign>/.  A run already in the compact store (with the registry's config) counts as
+* `--campaign claims` (the default) runs the claims campaign of docs/analysis_plan.md (analysis/campaign/plan.py),
+  every cell, seed-major; `pilot` runs its pilot's 20 runs.  Raw runs go to runs/campaign/<campaign>/, compact
+  ones to campaign_runs/<campaign>/.  A run already in the compact store (with the registry's config) counts as
   done, so a new checkout resumes the campaign where the committed runs stop.  Before the first `claims` run
   the pilot's calibration is computed and written to analysis/data/campaign_calibration.json; the runner then
   stops, so that the calibration is committed before any campaign run (the plan's order).
@@ -16,17 +16,19 @@ finished ones skipped; then the finished runs are compacted into the committed s
   deadline leaves no run half-done (its checkpoints would be lost with the checkout); `--finish-by-min M`
   starts a run only if its cell's measured wall time (× FINISH_SLACK) ends within M minutes, passing over
   longer runs for shorter ones, so the last minutes of a session are used too.
-  Without `--campaign`, the older figure registry (experiments.py, first world, paper_runs/) is used:
+* `--campaign first_world` runs the older figure registry (analysis/campaign/experiments.py) on the first
+  embedded world.  Its compact runs were committed as paper_runs/ until the claims campaign replaced them (git
+  history has them; `paper_figures/first_world/` keeps their figures).  Only this mode reads --raw, --store,
+  --iterations, --calibrate and --calibration-file:
 
-* Each run is a subprocess `python -m flowdppo train run_dir=runs/paper/<run_id> threads=1 progress=false …`;
+* Each run is a subprocess `python -m flowdppo train run_dir=<raw>/<run_id> threads=1 progress=false …`;
   `--jobs` of them run side by side (two 1-thread runs use 2 cores better than one 2-thread run).
-  Output goes to runs/paper/_logs/<run_id>.log.
-* Raw run directories live under runs/paper/ (git-ignored: checkpoints are ~8 MB each); the compact copies
-  that make_figures reads by default go to paper_runs/ (committed, ≤ 30 MB).
-* A run is finished when its checkpoint's iteration ≥ the target iterations (BASE or --iterations);
+  Output goes to <raw>/_logs/<run_id>.log.
+* Raw run directories (runs/campaign/<campaign>/, or --raw) are git-ignored: checkpoints are ~8 MB each.
+* first_world: a run is finished when its checkpoint's iteration ≥ the target iterations (BASE or --iterations);
   a run directory without that is resumed with `flowdppo train --resume` (the trainer cuts its logs back
   to the checkpoint).  A run directory whose config differs from the registry's is refused, never reused.
-* Before the first run, the δ calibration (two 20-iteration pilots with the mask out of reach, one per
+* first_world: before the first run, the δ calibration (two 20-iteration pilots with the mask out of reach, one per
   kernel) is run if analysis/data/delta_calibration.json does not exist; --calibrate re-runs it.
 * Ctrl-C or SIGTERM (`kill <pid>`, also for a runner started in the background) terminates the running
   trainers and records their wall time; they resume next time from their last checkpoint.
@@ -331,20 +333,21 @@ def calibrate(raw: Path, n_jobs: int, out_file: Path = experiments.CALIBRATION_F
 # ---------------------------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="", help="comma-separated registry keys (fig1…fig13, table1…4, c7, logs_*)")
+    ap.add_argument("--only", default="", help="comma-separated cells (claims: dppo,grpo,…; first_world: fig1…fig13, table1…4, c7, logs_*)")
     ap.add_argument("--jobs", type=int, default=2, help="1-thread runs side by side")
     ap.add_argument("--dry-run", action="store_true", help="show the plan and the CPU-time estimate, run nothing")
     ap.add_argument("--iterations", type=int, default=None, help="target iterations for every run (default BASE)")
-    ap.add_argument("--raw", default=str(ROOT / "runs" / "paper"), help="raw run directories (git-ignored)")
-    ap.add_argument("--store", default=str(ROOT / "paper_runs"), help="compact committed store")
+    ap.add_argument("--raw", default=str(ROOT / "runs" / "paper"), help="first_world: raw run directories (git-ignored)")
+    ap.add_argument("--store", default=str(ROOT / "paper_runs"), help="first_world: the compact store")
     ap.add_argument("--calibrate", action="store_true", help="(re)run the δ calibration pilots first")
     ap.add_argument("--calibration-file", default=str(experiments.CALIBRATION_FILE),
                     help="where the δ calibration is read / written")
     ap.add_argument("--no-compact", action="store_true", help="skip compaction into --store")
     ap.add_argument("--per-iteration-s", type=float, default=None,
                     help="1-thread BASE iteration time for the estimate (default: the calibration's, else 1.0)")
-    ap.add_argument("--campaign", choices=("pilot", "claims"), default=None,
-                    help="run the claims campaign of docs/analysis_plan.md (its pilot, or its cells)")
+    ap.add_argument("--campaign", choices=("claims", "pilot", "first_world"), default="claims",
+                    help="claims (default): the campaign of docs/analysis_plan.md; pilot: its pilot; first_world: "
+                    "the older figure registry of the first embedded world")
     ap.add_argument("--max-seed", type=int, default=None, help="--campaign claims: only seeds <= this")
     ap.add_argument("--first", default="", help="--campaign claims: run these cells' seeds <= --first-max-seed "
                     "before the rest (a departure from the seed-major order; say why in the plan's amendments)")
@@ -355,9 +358,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="--campaign: start a run only if it should end within MIN minutes (its cell's measured "
                     f"wall time × {FINISH_SLACK}); runs that do not fit are passed over for shorter ones")
     args = ap.parse_args(argv)
-    if args.finish_by_min is not None and not args.campaign:
-        ap.error("--finish-by-min needs --campaign pilot|claims (its estimates come from the campaign's store)")
-    if args.campaign:
+    if args.finish_by_min is not None and args.campaign == "first_world":
+        ap.error("--finish-by-min needs --campaign claims|pilot (its estimates come from the campaign's store)")
+    if args.campaign != "first_world":
         try:
             return main_campaign(args)
         except KeyboardInterrupt:
