@@ -192,7 +192,9 @@ def test_a_missing_run_makes_its_claims_pending_and_names_the_run():
     assert "provisional until C1, C2" in md and "*provisional* (the Holm family is not complete)" in md
     complete, _ = CC.decide(_campaign({"grpo": -0.05}))
     assert not any(v.provisional for v in complete)
-    assert "provisional" not in CC.markdown(_campaign({"grpo": -0.05}))
+    full = CC.markdown(_campaign({"grpo": -0.05}))
+    assert "(provisional)" not in full and "provisional until" not in full and "*provisional* (" not in full
+    assert "Compute (1-thread" in full and "Compute so far" in md     # "so far" only while runs are missing
     assert "| `reuse_grpo_value` | exploratory (C4's mechanism: 8 seeds) | 8 / 8 |" in md    # no raw role name
 
 

@@ -382,13 +382,15 @@ def markdown(c: Campaign) -> str:
     if c.partial:
         lines += ["", "Partial runs (not counted): " + ", ".join(f"{k} ({why})" for k, why in c.partial.items())]
     pilot, claims = compute(c.store.parent / "pilot" if c.store is not None else None), compute(c.store)
-    lines += ["", f"Compute so far (1-thread wall time, two runs side by side on 2 cores): campaign "
-              f"{claims['core_hours']:.2f} core-hours; pilot {pilot['core_hours']:.2f} core-hours"
+    complete = all(have == want for _, _, have, want in status_table(c))
+    lines += ["", f"Compute{'' if complete else ' so far'} (1-thread wall time, two runs side by side on 2 cores): "
+              f"campaign {claims['core_hours']:.2f} core-hours; pilot {pilot['core_hours']:.2f} core-hours"
               + (f" plus {len(pilot['unrecorded'])} runs made before wall times were recorded "
                  f"({', '.join(pilot['unrecorded'])})" if pilot["unrecorded"] else "") + ".",
               "", "Deviations from the plan: amendments A1 (the reuse cells run G8-I2: the default batch is 16 × 4, "
               "not the 8 × 8 the plan's text said) and A2 (no iteration-0 evaluation per run), both listed with their "
               "reasons in docs/analysis_plan.md and made before any campaign run; A3 added three exploratory lr-3× "
-              "cells and ran seeds 1–2 of `dppo`, `no_tr` and those cells early, outside every verdict."]
+              "cells and ran seeds 1–2 of `dppo`, `no_tr` and those cells early, outside every verdict; A4 (reporting only) "
+              "marks a verdict *provisional* while another claim is pending."]
     lines += [""] + paper_section(c, verdict_rows)
     return "\n".join(lines) + "\n"

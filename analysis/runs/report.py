@@ -60,8 +60,8 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
     lines += ["", "## Archive: the first embedded world", ""]
     if archive is not None:
         lines += [f"[`{ARCHIVE}/README.md`]({ARCHIVE}/README.md): the older runs of `{figures._shown(runs_root)}` (first "
-                  "world, 3 seeds × 30 iterations) and their figures, kept until the campaign is complete. They "
-                  "decide nothing.", ""]
+                  "world, 3 seeds × 30 iterations) and their figures, regenerated while those runs are committed. "
+                  "They decide nothing.", ""]
     else:
         lines += [f"[`{ARCHIVE}/README.md`]({ARCHIVE}/README.md): the figures and README of the first world's runs (3 "
                   f"seeds × 30 iterations), kept as committed: their runs (`{figures._shown(runs_root)}`) were removed "
