@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--out", default="runs/world_base.safetensors",
                     help="where to write the rebuilt base (the shipped one is flowdppo/assets/world_base.safetensors)")
     pt.add_argument("--recipe", default="world_base", choices=["world_base", "world_base_v1"],
-                    help="which shipped base to rebuild (world_base_v1: the one the committed paper_runs/ used)")
+                    help="which shipped base to rebuild (world_base_v1: the first world's, behind paper_figures/first_world/)")
     pt.add_argument("--steps", type=int)
     pt.add_argument("--seed", type=int)
     pt.add_argument("--threads", type=int)

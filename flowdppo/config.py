@@ -61,7 +61,7 @@ class Config:
     """For diffusers models: "sd3", "flux", "flux2_klein", or None to detect from model_index.json."""
     checkpoint: str = ""
     """Embedded model only: base weights, a safetensors file or a shipped base's name ("world_base_v1" = the
-    first world's base, which the committed paper_runs/ used); empty = the shipped default base."""
+    first world's base, behind paper_figures/first_world/); empty = the shipped default base."""
     lora_rank: int = 0
     """LoRA rank (peft); 0 = full fine-tuning. Paper: 32 (SD3.5), 64 (FLUX)."""
     lora_alpha: Optional[float] = None
@@ -84,7 +84,7 @@ class Config:
     # --- prompts --------------------------------------------------------------------------------------
     prompts: str = "embedded"
     """"embedded" (the world's splits: train / test = four-digit relation chains, ood, transfer), "embedded_v1"
-    (the first world's splits, which the committed paper_runs/ used), or a .txt / .jsonl prompt file
+    (the first world's splits, behind paper_figures/first_world/), or a .txt / .jsonl prompt file
     (GenEval2-style atoms in JSONL)."""
     prompts_per_iter: int = 16
     """Unique prompts (groups) per iteration, over all ranks.  16 × 4 (not 8 × 8) for the embedded main job:

@@ -3,7 +3,7 @@
 The plan (committed before any run) is the authority; this module transcribes it so that the runner
 (`python analysis/run_experiments.py --campaign pilot|claims`) and the verdicts (analysis/runs/campaign_claims.py)
 read one list.  Every run is the default `flowdppo.config.Config` plus `RUN` plus its cell's overrides plus its
-seed — nothing is inherited from the older figure registry in experiments.py, which belongs to `paper_runs/`.
+seed — nothing is inherited from the older figure registry in experiments.py, which belongs to the first world's runs (paper_figures/first_world/).
 
 Amendment A1 (2026-12-03, after the pilot and before any campaign run; listed in paper_figures/README.md):
 the plan's §2 describes the default batch as "8 prompts × 8 samples"; the default Config, and hence the pilot,

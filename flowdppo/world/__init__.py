@@ -16,7 +16,7 @@ Canvas: a 2×2 grid of 8×8 sklearn digits (16×16 pixels, one channel).  Every 
 The base (`world_base`) is an early checkpoint — step 2000 of a 4000-step schedule — so the in-domain
 and transfer families start mid-way (held-out accuracy ≈ 0.5 and ≈ 0.3) and RL has room to learn.
 `prompt_splits(version=1)` and the `world_base_v1` checkpoint are the first world (3- and 4-digit
-relation prompts trained together), on which the committed paper_runs/ were made.
+relation prompts trained together), on which the first world's runs (paper_figures/first_world/) were made.
 
 Public API (used by the trainer):
     load_policy(checkpoint=None, lora_rank=0, lora_alpha=None, device="cpu") -> TinyFlowPolicy
@@ -42,8 +42,8 @@ from .sampling import expand_items
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BASE_CHECKPOINT = ASSETS / "world_base.safetensors"
-# Shipped bases by name: the current default, and the first world's base (the committed paper_runs/ were
-# trained from it: `checkpoint=world_base_v1` regenerates them).
+# Shipped bases by name: the current default, and the first world's base (the first world's runs were trained
+# from it: `checkpoint=world_base_v1`, as `analysis/run_experiments.py --campaign first_world` sets, reruns them).
 SHIPPED_BASES = {"world_base": BASE_CHECKPOINT, "world_base_v1": ASSETS / "world_base_v1.safetensors"}
 
 

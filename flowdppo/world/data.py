@@ -255,7 +255,7 @@ def prompt_splits(seed: int = 0, version: int = WORLD_VERSION) -> dict[str, list
                 chains transfer to another relational family?  (Trained directly, L shapes do not
                 generalise to held-out L layouts here: their implied empty cell is placed by memorising
                 layouts — README, "The embedded default world".)
-    version 1 (the first world; the committed paper_runs/): train 256 / test 128 relation prompts, half
+    version 1 (the first world, behind paper_figures/first_world/): train 256 / test 128 relation prompts, half
       3-digit, half 4-digit, and ood.
     Both versions draw from the same layouts, so one pretraining exclusion serves both."""
     if version not in WORLD_VERSIONS:

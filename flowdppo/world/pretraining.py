@@ -32,7 +32,7 @@ PROMPT_DROPOUT = 0.1
 #                  85 % of those 3-digit L shapes (whose implied empty cell the model learns last), so both
 #                  in-domain families sit mid-way (held-out accuracy ≈ 0.3 / 0.5) and RL has room to learn.
 #   world_base_v1  the first world's base (4000 steps, 10 % relational prompts, half 3-digit): 3-digit
-#                  layouts 0.21, 4-digit 0.82 — the committed paper_runs/ were trained from it.
+#                  layouts 0.21, 4-digit 0.82 — the first world's runs were trained from it.
 RECIPES: dict[str, dict] = {
     "world_base": dict(steps=2000, schedule_steps=4000, seed=0, relation_share=0.5, relation3_fraction=0.85),
     "world_base_v1": dict(steps=4000, schedule_steps=4000, seed=0, relation_share=0.1, relation3_fraction=0.5),
