@@ -6,6 +6,8 @@ import json
 import os
 import math
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -389,3 +391,20 @@ def test_run_experiments_with_no_campaign_flag_plans_the_claims_campaign_not_the
     seen.clear()
     assert runner.main(["--campaign", "first_world", "--dry-run"]) == 0 and set(seen) == {"first_world"}
     capsys.readouterr()
+
+
+def test_a_decided_verdict_says_whether_it_rests_on_its_holm_rank():
+    """A verdict decided at α/k is re-tested at the next level down, α/(k+1): a refutation whose reverse p lies
+    between the two is flagged as resting on its rank; one far below both, or a supported p below α/(k+1), is not."""
+    z = np.array([-1.5, -1.0, -0.5, -0.1, 0.1, 0.5, 1.0, 1.5])
+    v = next(v for v in CC.decide(_campaign({"grpo": +0.05}))[0] if v.key == "C4")
+    for shift, rests in ((-0.7, True), (-3.0, False)):
+        part = V.Part("d > 0", list(shift + z))
+        p_rev = V.one_sided_p(part.d, greater=False)
+        assert (0.025 < p_rev <= 0.05) if rests else p_rev < 1e-3        # the cases are what they claim to be
+        note = CC._rank_note(replace(v, verdict=V.REFUTED, level=0.05, p=1 - p_rev), [part])
+        assert ("rests on its Holm rank" in note) == rests and ("still hold" in note) == (not rests)
+    supported = replace(v, verdict=V.SUPPORTED, level=0.05 / 3)
+    assert "rests on its Holm rank" in CC._rank_note(replace(supported, p=0.015), [])          # 0.0125 < p ≤ 0.0167
+    assert "still hold" in CC._rank_note(replace(supported, p=0.01), [])
+    assert CC._rank_note(replace(supported, level=0.05 / 7, p=0.001), []) == ""                # no level below α/7

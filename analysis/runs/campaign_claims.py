@@ -262,27 +262,46 @@ def reading(c: Campaign, v: Verdict) -> str:
         return f"not decided yet: {len(v.missing)} of the plan's runs are missing (so far {label}: {est})."
     if v.provisional:
         return f"*provisional* (the Holm family is not complete) — " + reading(c, replace(v, provisional=False))
-    if v.verdict == V.SUPPORTED:
-        return f"**we agree**: {label}, {est}, significant at the Holm level {v.level:.4f}."
     parts = _parts_of(c, v.key)
+    others = (f" Other part{'s' if len(parts) > 2 else ''}: " + "; ".join(
+        f"{p.label}, {_est(float(np.mean(p.d)), V.t_ci(p.d, 0.95), p.n)}" for p in parts[1:]) + ".") if parts[1:] else ""
+    if v.verdict == V.SUPPORTED:
+        return (f"**we agree**: {label}, {est}, significant at the Holm level {v.level:.4f}." + others
+                + _rank_note(v, parts))
     if v.verdict == V.REFUTED:
-        why = [f"{p.label} goes the other way" if kind == "reversed" else
-               f"{p.label} fails: worse by more than the margin" for p, kind in V.refuting_parts(parts, v.level)]
+        why = [f"{p.label} goes the other way (reverse one-sided p = {V.one_sided_p(p.d, greater=False):.3g})"
+               if kind == "reversed" else f"{p.label} fails: worse by more than the margin"
+               for p, kind in V.refuting_parts(parts, v.level)]
+        lo, hi = V.t_ci(parts[0].d, 1 - 2 * v.level)
         return (f"**we disagree**: {'; '.join(why) or 'a part is rejected the other way'} at the Holm level "
-                f"{v.level:.4f} ({label}: {est}).")
+                f"{v.level:.4f}; its {100 * (1 - 2 * v.level):.0f} % interval is [{lo:+.4f}, {hi:+.4f}] (95 %: {est})."
+                + others + _rank_note(v, parts))
     sup = next(p for p in parts if p.margin is None)
     x = np.asarray(sup.d, float)
     if v.verdict == V.EQUIVALENT:
         m = sup.equivalence_margin
         lo, hi = V.t_ci(sup.d, 1 - 2 * v.level)
-        return (f"**we disagree with a difference**: the {100 * (1 - 2 * v.level):.1f} % interval of {label} is "
-                f"[{lo:+.4f}, {hi:+.4f}], inside ±{m:g}; at our scale the two are the same within the margin.")
+        return (f"**we disagree: no difference beyond the margin**: the {100 * (1 - 2 * v.level):.1f} % interval of "
+                f"{label} is [{lo:+.4f}, {hi:+.4f}], inside ±{m:g}; at our scale the two are the same within the "
+                "margin." + others)
     detect = V.mde(float(x.std(ddof=1)), int(x.size), v.level)
     scaled = c.calibration.get("effect") if c.calibration else None
     lean = "leans the paper's way" if mean > 0 else "leans against the paper"
     return (f"**we cannot tell**: {label}, {est}; the estimate {lean}, but at n = {n} the test could detect "
             f"{detect:.3g} at 80 % power" + (f", and the paper-scaled effect is Δ* = {scaled:.3g}" if scaled and
-                                               v.key in ("C1", "C3", "C5", "C7") else "") + ".")
+                                               v.key in ("C1", "C3", "C5", "C7") else "") + "." + others)
+
+
+def _rank_note(v: Verdict, parts: list[V.Part]) -> str:
+    """Whether a decided verdict rests on its Holm rank: would it hold at the next level down, α/(k+1)?"""
+    k = int(round(V.ALPHA / v.level))
+    if k >= len(CLAIMS):
+        return ""
+    lower = V.ALPHA / (k + 1)
+    holds = v.p <= lower if v.verdict == V.SUPPORTED else bool(V.refuting_parts(parts, lower))
+    return (f" It would still hold at the next Holm level down ({lower:.4f})." if holds else
+            f" It rests on its Holm rank: at the next level down ({lower:.4f}), had one more claim ranked after it, "
+            "it would read *underpowered*.")
 
 
 def paper_section(c: Campaign, verdict_rows: list[Verdict]) -> list[str]:
@@ -296,10 +315,14 @@ def paper_section(c: Campaign, verdict_rows: list[Verdict]) -> list[str]:
     if common:
         m = {k: float(np.mean([d[s] for s in common])) for k, d in
              (("dppo", dppo), ("noise", noise), ("value", value))}
+        diff = {k: [d[s] - dppo[s] for s in common] for k, d in (("noise", noise), ("value", value))}
+        shown = {k: _est(float(np.mean(x)), V.t_ci(x, 0.95), len(x)) for k, x in diff.items()}
         lines += ["", f"C4's mechanism (exploratory, seeds {common[0]}–{common[-1]}, n = {len(common)}): R_final is "
                   f"{m['dppo']:.3f} for Flow-DPPO, {m['noise']:.3f} for the clip at the noise-matched ε and "
-                  f"{m['value']:.3f} at ε_paper by value. The plan reads a drop at ε_paper only as the clip's "
-                  "tightness, and a drop at both as the ratio's bias (docs/analysis_plan.md §3)."]
+                  f"{m['value']:.3f} at ε_paper by value; paired against Flow-DPPO (95 % t-intervals) the clip is "
+                  f"{shown['noise']} at the noise-matched ε and {shown['value']} at ε_paper. The plan reads a drop at "
+                  "ε_paper only as the clip's tightness, and a drop at both as the ratio's bias "
+                  "(docs/analysis_plan.md §3)."]
     lines += ["", "Why results here may differ from the paper's, whatever the verdicts:", ""]
     lines += [f"- {note}" for note in SCALE_NOTES]
     return lines + [""]
