@@ -408,3 +408,17 @@ def test_a_decided_verdict_says_whether_it_rests_on_its_holm_rank():
     assert "rests on its Holm rank" in CC._rank_note(replace(supported, p=0.015), [])          # 0.0125 < p ≤ 0.0167
     assert "still hold" in CC._rank_note(replace(supported, p=0.01), [])
     assert CC._rank_note(replace(supported, level=0.05 / 7, p=0.001), []) == ""                # no level below α/7
+
+
+def test_the_world_check_is_two_paired_cells_of_eight_seeds_at_200_iterations_seed_major():
+    """docs/world_trust_region.md: w200_dppo and w200_no_tr, seeds 0–7, evaluations at 150 and 200 only."""
+    runs = cplan.world_runs()
+    assert [r.run_id for r in runs[:4]] == ["w200_dppo-s0", "w200_no_tr-s0", "w200_dppo-s1", "w200_no_tr-s1"]
+    assert len(runs) == 16 and {r.seed for r in runs} == set(range(8))
+    for r in runs:
+        cfg = make_config({**r.config_overrides({}), "run_dir": f"runs/campaign/world/{r.run_id}"})
+        assert cfg.iterations == 200 and cfg.loss == ("no_trust_region" if "no_tr" in r.run_id else "flow_dppo")
+        evals = [i for i in range(cfg.iterations + 1) if i >= cfg.eval_from and i % cfg.eval_every == 0]
+        assert tuple(evals) == cplan.WORLD_EVALS
+    with pytest.raises(ValueError, match="unknown world-check cell"):
+        cplan.world_runs(only=["dppo"])

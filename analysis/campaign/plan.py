@@ -82,6 +82,29 @@ def pilot_runs() -> list[RunSpec]:
     return [c.spec(s) for s in PILOT_SEEDS for c in pilot_cells().values()]
 
 
+# ---------------------------------------------------------------------------------------------------
+# The world check (docs/world_trust_region.md): no trust region vs Flow-DPPO at 200 iterations, outside C1–C7
+# ---------------------------------------------------------------------------------------------------
+WORLD_RUN: dict[str, Any] = {"iterations": 200, "eval_every": 50, "eval_from": 150, "checkpoint_every": 25}
+WORLD_SEEDS: tuple[int, ...] = tuple(range(8))
+WORLD_EVALS = (150, 200)
+
+
+def world_cells() -> dict[str, Cell]:
+    return {"w200_dppo": Cell("w200_dppo", dict(WORLD_RUN), "world", "Flow-DPPO, 200 iterations"),
+            "w200_no_tr": Cell("w200_no_tr", {**WORLD_RUN, "loss": "no_trust_region"}, "world",
+                               "no trust region, 200 iterations")}
+
+
+def world_runs(only: Optional[list[str]] = None) -> list[RunSpec]:
+    """Seed-major, as the campaign: seed s of both cells before seed s + 1."""
+    cs = world_cells()
+    unknown = [k for k in (only or []) if k not in cs]
+    if unknown:
+        raise ValueError(f"unknown world-check cell(s) {unknown}; choose from {sorted(cs)}")
+    return [cs[k].spec(s) for s in WORLD_SEEDS for k in (only or cs)]
+
+
 def eps_fire_from_rates(grid: dict[float, float], target: float) -> float:
     """§2: the clip ε at which clipping fires on `target` of the samples — log-linear interpolation between
     the two grid points whose firing rates bracket it, two significant digits.  The rate falls with ε."""

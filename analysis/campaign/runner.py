@@ -6,7 +6,8 @@ finished run is compacted into the committed store.
                                        [--iterations N] [--raw runs/paper] [--store paper_runs] [--calibrate]
 
 * `--campaign claims` (the default) runs the claims campaign of docs/analysis_plan.md (analysis/campaign/plan.py),
-  every cell, seed-major; `pilot` runs its pilot's 20 runs.  Raw runs go to runs/campaign/<campaign>/, compact
+  every cell, seed-major; `pilot` runs its pilot's 20 runs; `world` the 16 runs of the world's trust-region check
+  (docs/world_trust_region.md).  Raw runs go to runs/campaign/<campaign>/, compact
   ones to campaign_runs/<campaign>/.  A run already in the compact store (with the registry's config) counts as
   done, so a new checkout resumes the campaign where the committed runs stop.  Before the first `claims` run
   the pilot's calibration is computed and written to analysis/data/campaign_calibration.json; the runner then
@@ -345,9 +346,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-compact", action="store_true", help="skip compaction into --store")
     ap.add_argument("--per-iteration-s", type=float, default=None,
                     help="1-thread BASE iteration time for the estimate (default: the calibration's, else 1.0)")
-    ap.add_argument("--campaign", choices=("claims", "pilot", "first_world"), default="claims",
-                    help="claims (default): the campaign of docs/analysis_plan.md; pilot: its pilot; first_world: "
-                    "the older figure registry of the first embedded world")
+    ap.add_argument("--campaign", choices=("claims", "pilot", "world", "first_world"), default="claims",
+                    help="claims (default): the campaign of docs/analysis_plan.md; pilot: its pilot; world: the "
+                    "200-iteration trust-region check of docs/world_trust_region.md; first_world: the older figure "
+                    "registry of the first embedded world")
     ap.add_argument("--max-seed", type=int, default=None, help="--campaign claims: only seeds <= this")
     ap.add_argument("--first", default="", help="--campaign claims: run these cells' seeds <= --first-max-seed "
                     "before the rest (a departure from the seed-major order; say why in the plan's amendments)")
@@ -411,6 +413,8 @@ def main_campaign(args: argparse.Namespace) -> int:
     only = [k.strip() for k in args.only.split(",") if k.strip()] or None
     if args.campaign == "pilot":
         specs = cplan.pilot_runs()
+    elif args.campaign == "world":
+        specs = cplan.world_runs(only)
     else:
         calibration = cplan.load_calibration()
         if calibration is None:
