@@ -2,7 +2,8 @@
 
     paper_figures/              the claims campaign (campaign_runs/, docs/analysis_plan.md): verdicts of C1–C7 or
                                 *pending* with the runs still missing, the paper's figures and tables from its
-                                cells (analysis/runs/campaign_figures.py), and the theory figures (computed)
+                                cells (analysis/runs/campaign_figures.py), the world's trust-region check
+                                (campaign_runs/world/, analysis/runs/world_check.py), and the theory figures
     paper_figures/first_world/  the archive: the first embedded world's runs (paper_runs/), drawn by
                                 analysis/runs/figures.py with that registry; no verdict under the plan.  Without
                                 paper_runs/ (removed once the campaign replaces it) it is left as committed
@@ -22,7 +23,7 @@ from typing import Optional
 import matplotlib
 
 from analysis.campaign import plan as cplan
-from analysis.runs import campaign_claims, campaign_figures, figures
+from analysis.runs import campaign_claims, campaign_figures, figures, world_check
 from analysis.runs.load_runs import RunSet
 from flowdppo.runlog import git_commit, uncommitted_changes
 
@@ -43,6 +44,8 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
     campaign = campaign_claims.Campaign.load(campaign_store)
     verdicts, control = campaign_claims.decide(campaign)
     made = campaign_figures.make(campaign, cplan.STORE / "pilot", out)
+    world_store = campaign_store.parent / "world"
+    world = world_check.decide(world_check.load(world_store))
     commit, changes = git_commit(), uncommitted_changes()
     if changes:
         print(f"warning: {len(changes)} uncommitted file(s) under flowdppo/ and analysis/ ({', '.join(changes[:3])}…): "
@@ -56,6 +59,7 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
              "Drawn from whatever runs exist; each legend gives the seeds behind its curve (n). "
              "`analysis/runs/campaign_figures.py` says what each shows.", ""]
     lines += [f"- [{f}]({f})" for f in made]
+    lines += [""] + world_check.markdown(world, figures._shown(world_store))
     lines += ["", "## Theory figures (computed, no runs)", ""] + [f"- {what}: [{f}]({f})" for what, f in THEORY]
     lines += ["", "## Archive: the first embedded world", ""]
     if archive is not None:
@@ -77,6 +81,7 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
                              "control": control,
                              "cells": {name: {"role": role, "complete": h, "planned": w} for name, role, h, w in status},
                              "partial": campaign.partial, "outputs": made},
+                "world_check": {"store": figures._shown(world_store), **world},
                 "theory": {f: theory.outputs.get(f, {}) for _, f in THEORY},
                 "archive": ({"dir": ARCHIVE, "runs_found": len(archive.runs.runs), "missing": len(archive.runs.missing)}
                             if archive is not None else {"dir": ARCHIVE, "static": True})}
@@ -87,6 +92,7 @@ def make(runs_root: Path, out: Path, campaign_store: Path, verbose: bool = True)
             print(f"  {v.key}: {v.verdict}" + (" (provisional: the Holm family is not complete)" if v.provisional else "") + (f" (missing {len(v.missing)} runs: {', '.join(v.missing[:4])}"
                                                  f"{' …' if len(v.missing) > 4 else ''})" if v.missing else ""))
         print(f"  control (no trust region): {control['verdict']}")
+        print(f"world check (no trust region at 200 iterations): {world['reading']}")
         print(f"archive ({ARCHIVE}/): " + (f"{len(archive.runs.runs)} first-world runs, {len(archive.outputs)} outputs"
                                             if archive is not None else f"{runs_root} absent: left as committed"))
         print(f"wrote {len(made) + len(THEORY)} outputs + README.md + manifest.json to {out} and the archive in "
