@@ -301,7 +301,7 @@ def _rank_note(v: Verdict, parts: list[V.Part]) -> str:
     holds = v.p <= lower if v.verdict == V.SUPPORTED else bool(V.refuting_parts(parts, lower))
     return (f" It would still hold at the next Holm level down ({lower:.4f})." if holds else
             f" It rests on its Holm rank: at the next level down ({lower:.4f}), had one more claim ranked after it, "
-            "it would read *underpowered*.")
+            f"it would no longer read *{v.verdict}*.")
 
 
 def paper_section(c: Campaign, verdict_rows: list[Verdict]) -> list[str]:

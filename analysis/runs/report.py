@@ -5,8 +5,9 @@
                                 cells (analysis/runs/campaign_figures.py), the world's trust-region check
                                 (campaign_runs/world/, analysis/runs/world_check.py), and the theory figures
     paper_figures/first_world/  the archive: the first embedded world's runs (paper_runs/), drawn by
-                                analysis/runs/figures.py with that registry; no verdict under the plan.  Without
-                                paper_runs/ (removed once the campaign replaces it) it is left as committed
+                                analysis/runs/figures.py with that registry; no verdict under the plan.  paper_runs/
+                                was removed when the campaign completed (git history has it), so the archive is
+                                left as committed unless --runs points at a store of those runs
 
 Each directory has a README.md (generated; do not edit by hand) and a manifest.json that records the code
 commit, any uncommitted changes and, per output, the runs behind it.

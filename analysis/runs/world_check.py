@@ -15,7 +15,7 @@ import numpy as np
 from analysis.campaign import plan as cplan
 from analysis.runs import campaign_claims as CC
 from analysis.runs import verdicts as V
-from analysis.runs.load_runs import Run, load_run
+from analysis.runs.load_runs import Run
 
 ALPHA = 0.05
 MARGIN = cplan.MARGINS["tifa"]
@@ -48,13 +48,7 @@ SECONDARY = {
 
 def load(store: Path = cplan.STORE / "world") -> dict[str, Run]:
     """Complete runs of the store by run id (a partial run, e.g. one still training, does not count)."""
-    runs = {}
-    if store.exists():
-        for d in sorted(p for p in store.iterdir() if (p / "config.json").exists()):
-            run = load_run(d)
-            if not run.partial:
-                runs[d.name] = run
-    return runs
+    return CC.Campaign.load(store).runs
 
 
 def _by_seed(runs: dict[str, Run], cell: str, fn) -> dict[int, float]:
@@ -94,7 +88,8 @@ def decide(runs: dict[str, Run]) -> dict:
 
 def markdown(res: dict, store_shown: str = "campaign_runs/world") -> list[str]:
     est = CC._est(res["mean"], res["ci95"], res["n"])
-    head = (f"Runs: `{store_shown}` ({16 - len(res['missing'])} of 16). Primary: E_test(w200_dppo) − "
+    planned = len(cplan.world_runs())
+    head = (f"Runs: `{store_shown}` ({planned - len(res['missing'])} of {planned}). Primary: E_test(w200_dppo) − "
             f"E_test(w200_no_tr) > 0, paired one-sided t at α = {ALPHA}, margin {MARGIN}")
     if res["n"] < 2:
         result = f"**{res['reading']}**"
